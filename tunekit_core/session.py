@@ -1,0 +1,82 @@
+"""Functions a trainable calls while it runs: ``report`` and trial information.
+
+The worker process installs a session before it runs a trial; outside a trial these
+functions raise a clear error.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+_session = None  # set by tunekit_core.worker while a trial runs
+
+
+def _require_session(fn: str):
+    if _session is None:
+        raise RuntimeError(
+            f"tunekit.{fn}() was called outside a trial. Call it from inside a trainable "
+            "that tunekit.run() (or a Tuner) is running."
+        )
+    return _session
+
+
+def report(*args: Any, checkpoint: Any = None, **kwargs: Any) -> None:
+    """Report metrics of one training iteration.
+
+    Both styles work: ``report({"loss": x})`` (Ray 2.x) and ``report(loss=x)``
+    (Ray 1.x); a single number is reported as ``_metric``. If the driver has
+    decided to stop this trial, the call does not return: the trial ends here.
+    """
+    session = _require_session("report")
+    if args:
+        if len(args) > 1:
+            raise TypeError(
+                "report() takes one positional argument (a dict of metrics), got "
+                f"{len(args)}. Use report({{'loss': x, 'acc': y}}) or report(loss=x, acc=y)."
+            )
+        first = args[0]
+        if isinstance(first, Mapping):
+            metrics = dict(first)
+            if kwargs:
+                metrics.update(kwargs)
+        elif isinstance(first, numbers.Number):
+            metrics = {"_metric": first, **kwargs}
+        else:
+            raise TypeError(
+                f"report() expects a dict of metrics, got {type(first).__name__}: {first!r}."
+            )
+    else:
+        metrics = kwargs
+    if checkpoint is not None:
+        raise NotImplementedError(
+            "report(..., checkpoint=...) is not available in this tunekit version: "
+            "checkpoints arrive with the checkpointing feature."
+        )
+    session.report(metrics)
+
+
+def get_trial_id() -> str:
+    """The id of the running trial."""
+    return _require_session("get_trial_id").trial_id
+
+
+def get_trial_name() -> str:
+    """The name of the running trial."""
+    return _require_session("get_trial_name").trial_name
+
+
+def get_trial_dir() -> str:
+    """The directory of the running trial."""
+    return _require_session("get_trial_dir").logdir
+
+
+def get_trial_resources() -> dict:
+    """The resources assigned to the running trial, e.g. ``{'CPU': 1.0}``."""
+    return dict(_require_session("get_trial_resources").resources)
+
+
+def is_session_enabled() -> bool:
+    """True inside a trial."""
+    return _session is not None

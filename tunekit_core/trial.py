@@ -1,0 +1,114 @@
+"""The Trial: one configuration being trained, and its state machine."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .resources import PlacementGroupFactory
+
+PENDING = "PENDING"
+RUNNING = "RUNNING"
+PAUSED = "PAUSED"
+TERMINATED = "TERMINATED"
+ERROR = "ERROR"
+
+# The legal transitions. PENDING -> TERMINATED covers trials ended before they
+# started (time budget, stop_all); ERROR -> PENDING is a retry.
+_TRANSITIONS: dict[str, frozenset[str]] = {
+    PENDING: frozenset({RUNNING, TERMINATED, ERROR}),
+    RUNNING: frozenset({PAUSED, TERMINATED, ERROR, PENDING}),
+    PAUSED: frozenset({PENDING, RUNNING, TERMINATED, ERROR}),
+    ERROR: frozenset({PENDING}),
+    TERMINATED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A trial was asked to move between two states the state machine does not connect."""
+
+
+class Trial:
+    """A trial: a resolved config, its directory, status and latest result.
+
+    The attribute names follow Ray Tune's ``Trial`` so that callbacks, schedulers and
+    reporters written for Ray Tune read the same fields.
+    """
+
+    PENDING = PENDING
+    RUNNING = RUNNING
+    PAUSED = PAUSED
+    TERMINATED = TERMINATED
+    ERROR = ERROR
+
+    def __init__(
+        self,
+        trainable_name: str,
+        config: dict | None = None,
+        trial_id: str = "",
+        experiment_tag: str = "",
+        evaluated_params: dict | None = None,
+        resources: PlacementGroupFactory | None = None,
+        stopping_criterion: dict | None = None,
+        experiment_name: str = "",
+        local_dir: str = "",
+        max_failures: int = 0,
+        log_to_file: tuple[str | None, str | None] = (None, None),
+    ):
+        self.trainable_name = trainable_name
+        self.config = config if config is not None else {}
+        self.trial_id = trial_id
+        self.experiment_tag = experiment_tag
+        self.evaluated_params = evaluated_params or {}
+        self.placement_group_factory = resources or PlacementGroupFactory([{"CPU": 1.0}])
+        self.stopping_criterion = stopping_criterion or {}
+        self.experiment_name = experiment_name
+        self.local_dir = local_dir  # the experiment directory
+        self.max_failures = max_failures
+        self.log_to_file = log_to_file
+        self.status = PENDING
+        self.status_history: list[tuple[str, float]] = [(PENDING, time.time())]
+        self.last_result: dict[str, Any] = {}
+        self.local_path: str | None = None
+        self.error_file: str | None = None
+        self.error_msg: str | None = None
+        self.num_failures = 0
+        self.start_time: float | None = None
+        self.custom_trial_name: str | None = None
+        self.custom_dirname: str | None = None
+        self.results_seen = 0
+
+    # -- Ray Tune compatible accessors ------------------------------------------------
+    @property
+    def logdir(self) -> str | None:
+        """Older name of :attr:`local_path`."""
+        return self.local_path
+
+    @property
+    def resources(self) -> dict[str, float]:
+        """The summed resource request of this trial, e.g. ``{'CPU': 1.0}``."""
+        return self.placement_group_factory.required_resources
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (TERMINATED, ERROR)
+
+    def set_status(self, status: str) -> None:
+        """Move to ``status``; an illegal transition raises :class:`IllegalTransition`."""
+        if status == self.status:
+            return
+        if status not in _TRANSITIONS[self.status]:
+            raise IllegalTransition(
+                f"Trial {self} cannot go from {self.status} to {status}; legal next states: "
+                f"{', '.join(sorted(_TRANSITIONS[self.status])) or 'none (final state)'}."
+            )
+        self.status = status
+        self.status_history.append((status, time.time()))
+
+    def __str__(self) -> str:
+        if self.custom_trial_name is not None:
+            return self.custom_trial_name
+        return f"{self.trainable_name}_{self.trial_id}"
+
+    def __repr__(self) -> str:
+        return str(self)

@@ -1,0 +1,318 @@
+"""The worker process of the local executor.
+
+Started by :mod:`tunekit_core.local_executor` as ``python -m tunekit_core.worker FD``;
+it runs one trial at a time, for as many trials as the driver sends it.
+
+Results flow back in batches with credit-based flow control: the first result of a
+quiet trial goes out at once; while a batch is unacknowledged, further results
+accumulate and leave together when the driver acknowledges the previous batch. A
+trial may have at most ``window`` results unacknowledged (1 for schedulers that do
+not accept buffered results), after which ``report`` waits for the driver.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import pickle
+import queue
+import sys
+import threading
+import traceback
+from multiprocessing.connection import Connection
+
+from . import session as session_module
+from . import trainable as trainable_module
+from .errors import TrialStopped
+from .trainable import IterationClock, Trainable
+
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def dumps(obj) -> bytes:
+    try:
+        return pickle.dumps(obj, protocol=_PROTOCOL)
+    except Exception:
+        import cloudpickle
+
+        return cloudpickle.dumps(obj, protocol=_PROTOCOL)
+
+
+class _Session:
+    """What ``tunekit.report`` talks to inside a trial."""
+
+    __slots__ = ("worker", "trial_id", "trial_name", "logdir", "resources", "clock", "stop")
+
+    def __init__(self, worker: Worker, spec: dict):
+        self.worker = worker
+        self.trial_id = spec["trial_id"]
+        self.trial_name = spec["trial_name"]
+        self.logdir = spec["logdir"]
+        self.resources = spec.get("resources") or {}
+        self.clock = IterationClock()
+        self.stop = spec.get("stop") or None
+
+    def report(self, metrics: dict) -> None:
+        result = self.clock.fill(metrics)
+        self.worker.push(result, self._meets_stop(result))
+
+    def push_filled(self, result: dict) -> None:
+        self.worker.push(result, self._meets_stop(result))
+
+    def _meets_stop(self, result: dict) -> bool:
+        if result.get("done"):
+            return True
+        stop = self.stop
+        if stop:
+            for key, bound in stop.items():
+                value = result.get(key)
+                if value is not None:
+                    try:
+                        if value >= bound:
+                            result["done"] = True
+                            return True
+                    except TypeError:
+                        pass  # the driver reports the mismatch clearly
+        return False
+
+
+class Worker:
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.cond = threading.Condition()
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.trial_id: str | None = None
+        self.stopped: set[str] = set()
+        self.buffer: list[dict] = []
+        self.inflight = 0
+        self.window = 1
+        self.trainables: dict[str, tuple[str, object]] = {}
+        self.actors: dict[str, Trainable] = {}
+        self.signatures: dict[str, str] = {}
+
+    # -- wire --------------------------------------------------------------------------
+    def _send(self, msg) -> None:
+        self.conn.send_bytes(dumps(msg))
+
+    def _read_loop(self) -> None:
+        conn = self.conn
+        loads = pickle.loads
+        while True:
+            try:
+                msg = loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                # The driver is gone: nobody will collect what this trial produces.
+                os._exit(0)
+            kind = msg[0]
+            if kind == "ack":
+                with self.cond:
+                    if msg[1] == self.trial_id:
+                        self.inflight -= msg[2]
+                        if self.buffer:
+                            self._flush_locked(None)
+                        self.cond.notify_all()
+            elif kind == "stop":
+                with self.cond:
+                    self.stopped.add(msg[1])
+                    self.cond.notify_all()
+            else:
+                self.inbox.put(msg)
+
+    def _flush_locked(self, end) -> None:
+        batch = self.buffer
+        self.buffer = []
+        self.inflight += len(batch)
+        self._send(("r", self.trial_id, batch, end))
+
+    def push(self, result: dict, final: bool) -> None:
+        """Queue one filled result; raises TrialStopped if the driver stopped the trial."""
+        with self.cond:
+            if self.trial_id in self.stopped:
+                raise TrialStopped()
+            self.buffer.append(result)
+            if final:
+                # Sent together with the end-of-trial message by finish().
+                raise TrialStopped()
+            if self.inflight == 0:
+                self._flush_locked(None)
+            while self.inflight + len(self.buffer) >= self.window:
+                if self.trial_id in self.stopped:
+                    raise TrialStopped()
+                self.cond.wait()
+
+    def finish(self, end) -> None:
+        with self.cond:
+            if end[0] == "done" and self.buffer and end[1] != "stopped":
+                self.buffer[-1]["done"] = True
+            self._flush_locked(end)
+            self.stopped.discard(self.trial_id)
+            self.trial_id = None
+            self.buffer = []
+            self.inflight = 0
+
+    # -- trials ------------------------------------------------------------------------
+    def serve(self) -> None:
+        threading.Thread(target=self._read_loop, name="tunekit-worker-reader", daemon=True).start()
+        self._send(("hello", os.getpid()))
+        while True:
+            msg = self.inbox.get()
+            if msg[0] == "start":
+                self._run_trial(msg[1])
+            elif msg[0] == "shutdown":
+                break
+        for actor in self.actors.values():
+            try:
+                actor.stop()
+            except Exception:
+                traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+    def _load(self, ref) -> tuple[str, object]:
+        how, key, kind, payload = ref
+        cached = self.trainables.get(key)
+        if cached is not None:
+            return cached
+        if how == "file":
+            with open(payload, "rb") as f:
+                payload = f.read()
+        obj = pickle.loads(payload)
+        self.trainables[key] = (kind, obj)
+        return kind, obj
+
+    def _call_style(self, key: str, fn) -> str:
+        style = self.signatures.get(key)
+        if style is None:
+            style = "config"
+            try:
+                params = list(inspect.signature(fn).parameters.values())
+            except (TypeError, ValueError):
+                params = []
+            names = [p.name for p in params]
+            if "checkpoint_dir" in names:
+                style = "checkpoint_dir"
+            elif len(params) >= 2 and names[1] == "reporter":
+                style = "reporter"
+            self.signatures[key] = style
+        return style
+
+    def _run_trial(self, spec: dict) -> None:
+        with self.cond:
+            self.trial_id = spec["trial_id"]
+            self.buffer = []
+            self.inflight = 0
+            self.window = spec["window"]
+        redirect = spec.get("log_to_file")
+        saved = _redirect(redirect) if redirect else None
+        session = _Session(self, spec)
+        end = ("done", None)
+        try:
+            kind, target = self._load(spec["trainable"])
+            config = spec["config"]
+            session_module._session = session
+            if kind == "class":
+                self._run_class(spec, target, config, session)
+            else:
+                style = self._call_style(spec["trainable"][1], target)
+                if style == "checkpoint_dir":
+                    ret = target(config, checkpoint_dir=None)
+                elif style == "reporter":
+                    ret = target(config, _LegacyReporter())
+                else:
+                    ret = target(config)
+                if ret is not None:
+                    # A returned dict (or number) is the trial's final result.
+                    session_module.report(ret)
+        except TrialStopped:
+            end = ("done", "stopped")
+        except BaseException as exc:  # noqa: BLE001 - every failure is reported
+            end = ("error", traceback.format_exc(), _pickle_exception(exc))
+        finally:
+            session_module._session = None
+            if saved is not None:
+                _restore(saved)
+        self.finish(end)
+        if end[0] == "error":
+            # A trial that failed may have left this process in a bad state (CUDA,
+            # threads, globals): retire the worker; the driver starts a fresh one.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+
+    def _run_class(self, spec: dict, cls, config: dict, session: _Session) -> None:
+        key = spec["trainable"][1]
+        reuse = spec.get("reuse_actors", False)
+        actor = self.actors.pop(key, None)
+        if actor is not None and not actor.reset(
+            config, spec["trial_id"], spec["trial_name"], spec["logdir"]
+        ):
+            actor.stop()
+            actor = None
+        if actor is None:
+            trainable_module._trial_context.update(
+                trial_id=spec["trial_id"], trial_name=spec["trial_name"], logdir=spec["logdir"]
+            )
+            try:
+                actor = cls(config)
+            finally:
+                trainable_module._trial_context.clear()
+        try:
+            while True:
+                session.push_filled(actor.train())
+        finally:
+            if reuse:
+                self.actors[key] = actor
+            else:
+                actor.stop()
+
+
+class _LegacyReporter:
+    """The ``reporter`` argument of Ray Tune 0.x/1.x style ``train(config, reporter)``."""
+
+    def __call__(self, **metrics) -> None:
+        session_module.report(**metrics)
+
+
+def _pickle_exception(exc: BaseException) -> bytes | None:
+    try:
+        data = dumps(exc)
+        pickle.loads(data)
+        return data
+    except Exception:
+        return None
+
+
+def _redirect(paths):
+    out, err = paths
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    fo = os.open(out, flags, 0o644)
+    os.dup2(fo, 1)
+    if err == out:
+        os.dup2(fo, 2)
+    else:
+        fe = os.open(err, flags, 0o644)
+        os.dup2(fe, 2)
+        os.close(fe)
+    os.close(fo)
+    return saved
+
+
+def _restore(saved) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(saved[0], 1)
+    os.dup2(saved[1], 2)
+    os.close(saved[0])
+    os.close(saved[1])
+
+
+def main() -> None:
+    fd = int(sys.argv[1])
+    Worker(Connection(fd)).serve()
+
+
+if __name__ == "__main__":
+    main()
