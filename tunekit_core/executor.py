@@ -77,6 +77,10 @@ class Executor:
     def ack(self, trial, count: int) -> None:
         """The run loop processed ``count`` results of ``trial``."""
 
+    def num_busy(self) -> int:
+        """How many trial processes are still running (stopped ones included)."""
+        raise NotImplementedError
+
     def trial_location(self, trial) -> tuple[int, str, str]:
         """``(pid, hostname, node_ip)`` of the process running ``trial``."""
         raise NotImplementedError

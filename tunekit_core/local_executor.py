@@ -305,6 +305,9 @@ class LocalExecutor(Executor):
         if worker is not None:
             self._send(worker, ("ack", trial.trial_id, count))
 
+    def num_busy(self) -> int:
+        return len(self._by_trial)
+
     def trial_location(self, trial) -> tuple[int, str, str]:
         worker = self._by_trial.get(trial)
         pid = worker.proc.pid if worker is not None else 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import os
 import socket
-import tempfile
 import time
 from typing import Any
 
@@ -57,6 +56,12 @@ class IterationClock:
         return result
 
 
+def _temp_logdir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="tunekit-trainable-")
+
+
 # Set by the worker around the construction of a Trainable so that __init__ knows the
 # trial it belongs to without changing Ray Tune's constructor signature.
 _trial_context: dict[str, Any] = {}
@@ -76,7 +81,7 @@ class Trainable:
         ctx = _trial_context
         self._trial_id = ctx.get("trial_id", "default")
         self._trial_name = ctx.get("trial_name", "default")
-        self._logdir = ctx.get("logdir") or tempfile.mkdtemp(prefix="tunekit-trainable-")
+        self._logdir = ctx.get("logdir") or _temp_logdir()
         self._clock = IterationClock()
         self._hostname = socket.gethostname()
         self.setup(copy.deepcopy(self.config))

@@ -12,7 +12,6 @@ not accept buffered results), after which ``report`` waits for the driver.
 
 from __future__ import annotations
 
-import inspect
 import os
 import pickle
 import queue
@@ -183,6 +182,8 @@ class Worker:
     def _call_style(self, key: str, fn) -> str:
         style = self.signatures.get(key)
         if style is None:
+            import inspect
+
             style = "config"
             try:
                 params = list(inspect.signature(fn).parameters.values())

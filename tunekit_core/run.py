@@ -1,0 +1,429 @@
+"""``tunekit.run``: Ray Tune's ``tune.run`` on tunekit's engine."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import uuid
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .errors import TuneError
+from .experiment import Experiment, budget_seconds, not_implemented_yet
+from .resources import PlacementGroupFactory
+from .trial import TERMINATED
+
+logger = logging.getLogger("tunekit")
+
+_BLOB_IN_FILE_BYTES = 1 << 20
+
+
+class Verbosity(enum.IntEnum):
+    """How much ``run`` prints (Ray Tune's levels)."""
+
+    V0_MINIMAL = 0
+    V1_EXPERIMENT = 1
+    V2_TRIAL_NORM = 2
+    V3_TRIAL_DETAILS = 3
+
+
+def run(
+    run_or_experiment: Any,
+    name: str | None = None,
+    metric: str | None = None,
+    mode: str | None = None,
+    stop: Mapping | Callable | Any | None = None,
+    time_budget_s: Any = None,
+    config: dict | None = None,
+    resources_per_trial: Mapping | PlacementGroupFactory | None = None,
+    num_samples: int = 1,
+    local_dir: str | None = None,
+    search_alg: Any = None,
+    scheduler: Any = None,
+    keep_checkpoints_num: int | None = None,
+    checkpoint_score_attr: str | None = None,
+    checkpoint_freq: int = 0,
+    checkpoint_at_end: bool = False,
+    verbose: int | Verbosity = Verbosity.V3_TRIAL_DETAILS,
+    progress_reporter: Any = None,
+    log_to_file: bool | str | Sequence[str] = False,
+    trial_name_creator: Callable | None = None,
+    trial_dirname_creator: Callable | None = None,
+    sync_config: Any = None,
+    export_formats: Sequence | None = None,
+    max_failures: int = 0,
+    fail_fast: bool | str = False,
+    restore: str | None = None,
+    server_port: int | None = None,
+    resume: bool | str = False,
+    reuse_actors: bool = False,
+    trial_executor: Any = None,
+    raise_on_failed_trial: bool = True,
+    callbacks: Sequence | None = None,
+    max_concurrent_trials: int | None = None,
+    queue_trials: bool | None = None,
+    loggers: Sequence | None = None,
+    _remote: bool | None = None,
+    *,
+    storage_path: str | None = None,
+):
+    """Run a hyperparameter search and return an :class:`ExperimentAnalysis`.
+
+    Every parameter means what it means in Ray Tune's ``tune.run``; see
+    ``docs/run.md`` for the reference, including the parameters that raise
+    ``NotImplementedError`` in this version. ``storage_path`` is Ray Tune 2.x's
+    name for ``local_dir``.
+    """
+    if queue_trials is not None:
+        raise DeprecationWarning(
+            "`queue_trials` is deprecated and has no effect: tunekit always queues trials "
+            "until resources are free. Remove it from your call to tunekit.run()."
+        )
+    if mode is not None and mode not in ("min", "max"):
+        raise ValueError(
+            f"`mode` must be 'min' or 'max', got {mode!r}. Pass mode='min' to minimise the "
+            "metric or mode='max' to maximise it."
+        )
+    if metric is not None and not isinstance(metric, str):
+        raise TypeError(f"`metric` must be a string naming a reported result key, got {metric!r}.")
+    not_implemented_yet("resume", resume or False, False)
+    not_implemented_yet("server_port", server_port, None)
+    not_implemented_yet("_remote", bool(_remote), False)
+    if fail_fast not in (True, False, "raise", "RAISE"):
+        raise ValueError(f"fail_fast must be True, False or 'raise'; got {fail_fast!r}.")
+    if fail_fast == "RAISE":
+        fail_fast = "raise"
+    if fail_fast and max_failures != 0:
+        raise ValueError("max_failures must be 0 if fail_fast is set: a failure ends the run.")
+    if isinstance(verbose, bool) or int(verbose) not in (0, 1, 2, 3):
+        raise ValueError(f"verbose must be 0, 1, 2 or 3; got {verbose!r}.")
+    verbose = int(verbose)
+    if local_dir is not None and storage_path is not None and os.path.abspath(
+        os.path.expanduser(local_dir)
+    ) != os.path.abspath(os.path.expanduser(storage_path)):
+        raise ValueError(
+            "Both local_dir and storage_path are set, to different directories; pass one of them."
+        )
+    if max_concurrent_trials is not None and (
+        not isinstance(max_concurrent_trials, int) or max_concurrent_trials < 0
+    ):
+        raise ValueError(
+            f"max_concurrent_trials must be a non-negative int (0 or None: no limit), got "
+            f"{max_concurrent_trials!r}."
+        )
+    budget_seconds(time_budget_s)  # validate early
+
+    # -- experiments ---------------------------------------------------------------------
+    runs = run_or_experiment if isinstance(run_or_experiment, list) else [run_or_experiment]
+    if not runs:
+        raise ValueError("run_or_experiment is an empty list; pass at least one trainable.")
+    experiments: list[Experiment] = []
+    for item in runs:
+        if isinstance(item, Experiment):
+            experiments.append(item)
+        else:
+            experiments.append(
+                Experiment(
+                    name=name,
+                    run=item,
+                    stop=stop,
+                    time_budget_s=time_budget_s,
+                    config=config,
+                    resources_per_trial=resources_per_trial,
+                    num_samples=num_samples,
+                    local_dir=local_dir,
+                    storage_path=storage_path,
+                    trial_name_creator=trial_name_creator,
+                    trial_dirname_creator=trial_dirname_creator,
+                    log_to_file=log_to_file,
+                    checkpoint_freq=checkpoint_freq,
+                    checkpoint_at_end=checkpoint_at_end,
+                    keep_checkpoints_num=keep_checkpoints_num,
+                    checkpoint_score_attr=checkpoint_score_attr,
+                    export_formats=export_formats,
+                    max_failures=max_failures,
+                    restore=restore,
+                    sync_config=sync_config,
+                )
+            )
+    for experiment in experiments:
+        _prepare_directory(experiment.path)
+    experiment_dir = experiments[0].path
+
+    # -- plugins -------------------------------------------------------------------------
+    from . import registry, space
+    from .searcher import ConcurrencyLimiter, Searcher
+    from .stopper import make_stopper
+
+    if isinstance(scheduler, str):
+        scheduler = registry.create("scheduler", scheduler)
+    if scheduler is None:
+        scheduler = registry.create("scheduler", "fifo")
+    if not scheduler.set_search_properties(metric, mode):
+        raise ValueError(
+            "You passed `metric`/`mode` to tunekit.run(), but the scheduler already has its own "
+            "metric and mode. Remove them from the scheduler or from the run() call."
+        )
+
+    if isinstance(search_alg, str):
+        search_alg = registry.create("searcher", search_alg)
+    if search_alg is not None and len(experiments) > 1:
+        raise ValueError(
+            "A search_alg can drive one experiment only; run the experiments separately or "
+            "leave search_alg unset to use the variant generator for each."
+        )
+    if search_alg is not None and not isinstance(search_alg, Searcher):
+        raise TypeError(
+            f"search_alg must be a tunekit.search.Searcher or a searcher name, got "
+            f"{type(search_alg).__name__}."
+        )
+    if search_alg is not None and max_concurrent_trials:
+        if isinstance(search_alg, ConcurrencyLimiter):
+            if search_alg.max_concurrent != max_concurrent_trials:
+                raise ValueError(
+                    f"max_concurrent_trials={max_concurrent_trials} but search_alg is already a "
+                    f"ConcurrencyLimiter with max_concurrent={search_alg.max_concurrent}. Set "
+                    "max_concurrent_trials=None, or unwrap the searcher."
+                )
+        else:
+            search_alg = ConcurrencyLimiter(search_alg, max_concurrent=max_concurrent_trials)
+
+    if isinstance(trial_executor, str):
+        trial_executor = registry.create("executor", trial_executor, reuse_actors=reuse_actors)
+    if trial_executor is None:
+        from .local_executor import LocalExecutor
+
+        trial_executor = LocalExecutor(reuse_actors=reuse_actors)
+
+    callbacks = _default_callbacks(list(callbacks or []), loggers, registry)
+    from .hooks import make_plugin_manager
+
+    plugin_manager = make_plugin_manager(callbacks)
+
+    # -- searchers, one per experiment -----------------------------------------------------
+    from .executor import TrainableRef
+    from .runner import RunLoop, TrialSource
+
+    blob_dir: str | None = None
+    sources: list[TrialSource] = []
+    for experiment in experiments:
+        searcher = search_alg
+        if searcher is None:
+            searcher = registry.create(
+                "searcher", "variant_generator", max_concurrent=max_concurrent_trials or 0
+            )
+        accepted = searcher.set_search_properties(
+            metric,
+            mode,
+            experiment.config,
+            num_samples=experiment.num_samples,
+            experiment_name=experiment.name,
+        )
+        if not accepted and experiment.config and space.has_unresolved_values(experiment.config):
+            raise ValueError(
+                "You passed a `config` with search-space definitions to tunekit.run(), but the "
+                "search algorithm already has its own search space. Put the parameter "
+                "definitions in one place: the searcher's space or `config`."
+            )
+        total = getattr(searcher, "total_samples", None)
+        if total is None and experiment.num_samples != -1 and search_alg is not None:
+            total = experiment.num_samples
+        stopper_obj, stop_dict = make_stopper(experiment.stop)
+        trainable_ref, blob_dir = _serialise_trainable(experiment, blob_dir)
+        source = TrialSource(
+            experiment=experiment,
+            searcher=searcher,
+            trainable=trainable_ref,
+            max_trials=total,
+            stop_dict=stop_dict or None,
+            searched_paths=space.searched_paths(experiment.config),
+        )
+        from .runner import _searcher_hook
+
+        source.searcher_on_result = _searcher_hook(searcher, "on_trial_result")
+        sources.append(source)
+
+    stopper, _ = make_stopper(experiments[0].stop)
+    time_budget = experiments[0].time_budget_s
+
+    # -- progress reporting ----------------------------------------------------------------
+    reporter = None
+    if verbose >= 1:
+        from .progress import detect_reporter
+
+        reporter = progress_reporter or detect_reporter()
+        if not reporter.set_search_properties(metric, mode):
+            raise ValueError(
+                "You passed `metric`/`mode` to tunekit.run(), but the progress reporter already "
+                "has its own. Remove them from the reporter or from the run() call."
+            )
+        total_samples = sum(s.max_trials or 0 for s in sources) or None
+        reporter.set_total_samples(total_samples)
+
+    loop = RunLoop(
+        sources=sources,
+        scheduler=scheduler,
+        executor=trial_executor,
+        plugin_manager=plugin_manager,
+        stopper=stopper,
+        time_budget_s=time_budget,
+        fail_fast=fail_fast,
+        metric=metric,
+        reporter=reporter,
+        verbose=verbose,
+        reuse_actors=reuse_actors,
+        experiment_dir=experiment_dir,
+    )
+    if reporter is not None and hasattr(reporter, "set_start_time"):
+        reporter.set_start_time(loop.start_time)
+
+    restore_handler = _install_sigint_handler(loop)
+    try:
+        trial_executor.setup(experiment_dir)
+        _warn_unused_gpus(trial_executor, experiments)
+        plugin_manager.hook.tunekit_on_experiment_start(
+            experiment=experiments[0],
+            experiments=experiments,
+            total_num_samples=sum(s.max_trials or 0 for s in sources) or None,
+        )
+        loop.run()
+        loop.finish()
+    finally:
+        trial_executor.shutdown()
+        restore_handler()
+        if blob_dir is not None:
+            shutil.rmtree(blob_dir, ignore_errors=True)
+
+    trials = loop.get_trials()
+    if loop.interrupted:
+        logger.warning(
+            "The run was interrupted (SIGINT). Results so far are saved in %s; "
+            "running trials were stopped. To continue this experiment, call run() again with "
+            "the same name and local_dir and resume=True.",
+            experiment_dir,
+        )
+    incomplete = [t for t in trials if t.status != TERMINATED]
+    if incomplete:
+        if raise_on_failed_trial and not loop.interrupted:
+            raise TuneError("Trials did not complete", incomplete)
+        logger.error("Trials did not complete: %s", ", ".join(str(t) for t in incomplete))
+
+    from .analysis import ExperimentAnalysis
+
+    return ExperimentAnalysis(experiment_dir, trials=trials, default_metric=metric, default_mode=mode)
+
+
+def _prepare_directory(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".tunekit-write-test-{uuid.uuid4().hex[:8]}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise ValueError(
+            f"Cannot write to the experiment directory {path}: {exc.strerror or exc}. Choose a "
+            "writable local_dir (or storage_path), or set TUNEKIT_RESULTS_DIR."
+        ) from exc
+
+
+def _serialise_trainable(experiment: Experiment, blob_dir: str | None):
+    import cloudpickle
+
+    from .executor import TrainableRef
+
+    try:
+        blob = cloudpickle.dumps(experiment.trainable)
+    except Exception as exc:
+        raise TypeError(
+            f"The trainable {experiment.trainable_name} cannot be serialised for the worker "
+            f"processes: {exc}. Pass large or unpicklable objects with tunekit.with_parameters "
+            "or create them inside the trainable."
+        ) from exc
+    ref = TrainableRef(
+        key=uuid.uuid4().hex[:12],
+        kind="class" if experiment.is_class else "function",
+        name=experiment.trainable_name,
+    )
+    if len(blob) > _BLOB_IN_FILE_BYTES:
+        if blob_dir is None:
+            blob_dir = tempfile.mkdtemp(prefix="tunekit-trainables-")
+        ref.path = os.path.join(blob_dir, f"{ref.key}.pkl")
+        with open(ref.path, "wb") as f:
+            f.write(blob)
+    else:
+        ref.blob = blob
+    return ref, blob_dir
+
+
+def _default_callbacks(callbacks: list, loggers: Sequence | None, registry) -> list:
+    if loggers:
+        warnings.warn(
+            "The `loggers` argument is deprecated: pass LoggerCallback instances in `callbacks` "
+            "instead.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        for entry in loggers:
+            if isinstance(entry, str):
+                callbacks.append(registry.create("logger", entry))
+            elif isinstance(entry, type):
+                callbacks.append(entry())
+            else:
+                callbacks.append(entry)
+    if os.environ.get("TUNEKIT_DISABLE_AUTO_CALLBACK_LOGGERS", "0") == "1":
+        return callbacks
+    for name in ("json", "csv"):
+        cls = registry.load("logger", name)
+        if not any(isinstance(cb, cls) for cb in callbacks):
+            callbacks.append(cls())
+    return callbacks
+
+
+def _warn_unused_gpus(executor, experiments: list[Experiment]) -> None:
+    has_gpus = getattr(executor, "has_gpus", None)
+    if has_gpus is None or not has_gpus():
+        return
+    for experiment in experiments:
+        pgf = experiment.resources_per_trial
+        if pgf is not None and pgf.required_resources.get("GPU"):
+            return
+        if experiment.is_class and experiment.trainable.default_resource_request(experiment.config):
+            return
+    logger.warning(
+        "This machine has GPUs, but no trial asks for one. To give each trial a GPU, pass "
+        "resources_per_trial={'gpu': 1} (or a fraction such as 0.5)."
+    )
+
+
+def _install_sigint_handler(loop) -> Callable[[], None]:
+    if int(os.environ.get("TUNEKIT_DISABLE_SIGINT_HANDLER", os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))):
+        return lambda: None
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    original = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        # Restore first: a second Ctrl+C raises KeyboardInterrupt at once.
+        signal.signal(signal.SIGINT, original)
+        # os.write, not logging: a signal handler must not take the logging lock.
+        os.write(
+            2,
+            b"\ntunekit: SIGINT received, stopping the running trials and saving results. "
+            b"Press Ctrl+C again to exit at once.\n",
+        )
+        loop.interrupt()
+
+    signal.signal(signal.SIGINT, handler)
+
+    def restore() -> None:
+        if signal.getsignal(signal.SIGINT) is handler:
+            signal.signal(signal.SIGINT, original)
+
+    return restore

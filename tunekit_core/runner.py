@@ -1,0 +1,558 @@
+"""The run loop: one thread, driven by executor events.
+
+It asks searchers for configs, starts trials when the scheduler picks them and the
+executor has room, routes each result through stop criteria, scheduler, searcher
+and hooks, and ends the experiment when nothing is left to run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import space
+from .errors import TuneError
+from .executor import Executor, TrainableRef, TrialLaunch
+from .experiment import Experiment
+from .trainable import date_str
+from .trial import ERROR, PAUSED, PENDING, RUNNING, TERMINATED, Trial
+
+logger = logging.getLogger("tunekit")
+
+CONTINUE = "CONTINUE"
+PAUSE = "PAUSE"
+STOP = "STOP"
+
+_MAX_DIRNAME = 130
+_UNSAFE = re.compile(r"[^\w.=,+\-]")
+
+
+@dataclass
+class TrialSource:
+    """One experiment and the searcher producing its configs."""
+
+    experiment: Experiment
+    searcher: Any
+    trainable: TrainableRef
+    max_trials: int | None  # None: until the searcher says FINISHED
+    stop_dict: dict | None = None
+    searched_paths: list = field(default_factory=list)
+    searcher_on_result: Any = None
+    created: int = 0
+
+
+def _searcher_hook(searcher: Any, name: str) -> Any:
+    """The bound method, or None when it is the base class's no-op (skipped per result)."""
+    from .searcher import Searcher
+
+    method = getattr(type(searcher), name, None)
+    if method is None or method is getattr(Searcher, name, None):
+        return None
+    return getattr(searcher, name)
+
+
+class RunLoop:
+    """Drives one tuning run to its end. Schedulers receive it as ``runner``."""
+
+    def __init__(
+        self,
+        *,
+        sources: list[TrialSource],
+        scheduler: Any,
+        executor: Executor,
+        plugin_manager: Any,
+        stopper: Any,
+        time_budget_s: float | None,
+        fail_fast: bool | str,
+        metric: str | None,
+        reporter: Any,
+        verbose: int,
+        reuse_actors: bool,
+        experiment_dir: str,
+    ):
+        self._sources = sources
+        self._source_index = 0
+        self._scheduler = scheduler
+        self.trial_executor = executor
+        self._hook = plugin_manager.hook
+        self._stopper = stopper
+        self._time_budget_s = time_budget_s
+        self._fail_fast = fail_fast
+        self._metric = metric
+        self._reporter = reporter
+        self._verbose = verbose
+        self._reuse_actors = reuse_actors
+        self.experiment_dir = experiment_dir
+
+        self._trials: list[Trial] = []
+        self._pending: dict[Trial, None] = {}
+        self._paused: dict[Trial, None] = {}
+        self._running: dict[Trial, None] = {}
+        self._search_finished = False
+        self._search_waiting = False
+        self._stop_requested: str | None = None  # why the whole run is ending
+        self._raise: BaseException | None = None
+        self._iteration = 0
+        self._id_prefix = uuid.uuid4().hex[:5] + "_"
+        self._counter = 0
+        self._window = 10_000 if getattr(scheduler, "supports_buffered_results", True) else 1
+        env_window = os.environ.get("TUNEKIT_RESULT_BUFFER_LENGTH")
+        if env_window and self._window != 1:
+            self._window = max(1, int(env_window))
+        self._strict_metric = metric is not None and not int(
+            os.environ.get("TUNEKIT_DISABLE_STRICT_METRIC_CHECKING", "0")
+        )
+        self._last_detail_print: dict[Trial, float] = {}
+        self._state_period = float(os.environ.get("TUNEKIT_STATE_SAVE_PERIOD_S", "10"))
+        self._state_timestamp = date_str()
+        self._last_state_save = 0.0
+        self.start_time = time.time()
+        self.interrupted = False
+
+    # -- the scheduler-facing API (Ray Tune's TrialRunner names) -------------------------
+    def get_trials(self) -> list[Trial]:
+        return self._trials
+
+    def get_pending_trials(self):
+        return list(self._pending)
+
+    def get_paused_trials(self):
+        return list(self._paused)
+
+    def get_live_trials(self) -> list[Trial]:
+        return [*self._running, *self._pending, *self._paused]
+
+    def has_resources_for_trial(self, trial: Trial) -> bool:
+        return self.trial_executor.has_resources_for_trial(trial)
+
+    def stop_trial(self, trial: Trial) -> None:
+        """End ``trial`` as TERMINATED (used by schedulers and the control API)."""
+        if trial.status == RUNNING:
+            self._complete(trial, stop_worker=True)
+        elif trial.status in (PENDING, PAUSED):
+            self._pending.pop(trial, None)
+            self._paused.pop(trial, None)
+            trial.set_status(TERMINATED)
+            self._scheduler.on_trial_remove(self, trial)
+            self._searcher_of(trial).on_trial_complete(trial.trial_id, result=None, error=False)
+
+    def pause_trial(self, trial: Trial) -> None:
+        raise NotImplementedError(
+            "Pausing trials (a scheduler returned PAUSE) needs checkpoints, which are not "
+            "available in this tunekit version."
+        )
+
+    # -- trial creation ----------------------------------------------------------------
+    def _searcher_of(self, trial: Trial) -> Any:
+        return trial._source.searcher
+
+    def _create_trial(self) -> bool:
+        """Ask the current searcher for one more trial; False if none is available now."""
+        self._search_waiting = False
+        while self._source_index < len(self._sources):
+            source = self._sources[self._source_index]
+            if source.max_trials is not None and source.created >= source.max_trials:
+                self._source_index += 1
+                continue
+            trial_id = f"{self._id_prefix}{self._counter:05d}"
+            config = source.searcher.suggest(trial_id)
+            if config is None:
+                self._search_waiting = True
+                return False
+            if isinstance(config, str):  # Searcher.FINISHED
+                self._source_index += 1
+                continue
+            self._counter += 1
+            self._add_trial(source, trial_id, config)
+            return True
+        self._search_finished = True
+        return False
+
+    def _add_trial(self, source: TrialSource, trial_id: str, config: dict) -> Trial:
+        experiment = source.experiment
+        index = source.created
+        source.created += 1
+        evaluated: dict[str, Any] = {}
+        resolved: dict[tuple, Any] = {}
+        for path in source.searched_paths:
+            try:
+                value = space.get_path(config, path)
+            except (KeyError, IndexError, TypeError):
+                continue
+            resolved[path] = value
+            evaluated["/".join(str(p) for p in path)] = value
+        tag = f"{index}_{space.format_vars(resolved)}" if resolved else str(index)
+        trial = Trial(
+            trainable_name=experiment.trainable_name,
+            config=config,
+            trial_id=trial_id,
+            experiment_tag=tag,
+            evaluated_params=evaluated,
+            resources=experiment.resources_for(config),
+            stopping_criterion=source.stop_dict,
+            experiment_name=experiment.name,
+            local_dir=experiment.path,
+            max_failures=experiment.max_failures,
+            log_to_file=experiment.log_to_file or (None, None),
+        )
+        trial._source = source
+        if experiment.trial_name_creator is not None:
+            trial.custom_trial_name = str(experiment.trial_name_creator(trial))
+        check = getattr(self.trial_executor, "check_fits", None)
+        if check is not None:
+            check(trial)
+        self._trials.append(trial)
+        self._pending[trial] = None
+        self._scheduler.on_trial_add(self, trial)
+        return trial
+
+    def _trial_dir(self, trial: Trial) -> str:
+        experiment = trial._source.experiment
+        if experiment.trial_dirname_creator is not None:
+            dirname = str(experiment.trial_dirname_creator(trial))
+            if not dirname or os.sep in dirname or (os.altsep and os.altsep in dirname):
+                raise ValueError(
+                    f"trial_dirname_creator returned {dirname!r} for {trial}; it must return a "
+                    "plain directory name, not a path."
+                )
+        else:
+            dirname = _UNSAFE.sub("_", f"{trial}_{trial.experiment_tag}")[:_MAX_DIRNAME]
+            dirname = f"{dirname}_{date_str()}"
+        path = os.path.join(experiment.path, dirname)
+        try:
+            os.makedirs(path)
+        except FileExistsError:
+            if experiment.trial_dirname_creator is not None:
+                raise ValueError(
+                    f"trial_dirname_creator returned {dirname!r} for {trial}, but that "
+                    "directory already exists; return a name unique to each trial (include "
+                    "trial.trial_id)."
+                ) from None
+            path = f"{path}_{trial.trial_id}"
+            os.makedirs(path, exist_ok=True)
+        return path
+
+    # -- starting ------------------------------------------------------------------------
+    def _fill_slots(self) -> None:
+        while not self._stop_requested:
+            if not self._pending and not self._search_finished:
+                self._create_trial()
+            trial = self._scheduler.choose_trial_to_run(self)
+            if trial is None:
+                return
+            self._start(trial)
+
+    def _start(self, trial: Trial) -> None:
+        self._pending.pop(trial, None)
+        self._paused.pop(trial, None)
+        if trial.local_path is None:
+            trial.local_path = self._trial_dir(trial)
+        trial.set_status(RUNNING)
+        trial.start_time = time.time()
+        self._running[trial] = None
+        source = trial._source
+        log_to_file = None
+        if source.experiment.log_to_file:
+            out, err = source.experiment.log_to_file
+            log_to_file = (os.path.join(trial.local_path, out), os.path.join(trial.local_path, err))
+        self._hook.tunekit_on_trial_start(trial=trial, iteration=self._iteration, trials=self._trials)
+        self.trial_executor.start_trial(
+            trial,
+            TrialLaunch(
+                trainable=source.trainable,
+                config=trial.config,
+                stop=trial.stopping_criterion or None,
+                window=self._window,
+                log_to_file=log_to_file,
+                reuse_actors=self._reuse_actors,
+            ),
+        )
+
+    # -- events --------------------------------------------------------------------------
+    def _on_results(self, trial: Trial, batch: list[dict]) -> None:
+        if trial.status != RUNNING:
+            return
+        pid, hostname, node_ip = self.trial_executor.trial_location(trial)
+        scheduler_on_result = self._scheduler.on_trial_result
+        searcher_on_result = trial._source.searcher_on_result
+        hook = self._hook.tunekit_on_trial_result
+        stopper = self._stopper
+        criteria = trial.stopping_criterion
+        metric = self._metric if self._strict_metric else None
+        verbose = self._verbose
+        processed = 0
+        for result in batch:
+            processed += 1
+            try:
+                for value in result.values():
+                    if type(value) is dict:
+                        result = space.flatten_dict(result, delimiter="/")
+                        break
+                result["trial_id"] = trial.trial_id
+                result["experiment_tag"] = trial.experiment_tag
+                result["pid"] = pid
+                result["hostname"] = hostname
+                result["node_ip"] = node_ip
+                result["config"] = trial.config
+                worker_done = result.get("done", False)
+                if metric is not None and metric not in result and not worker_done:
+                    raise ValueError(
+                        f"Trial {trial} reported a result without the metric {metric!r} that "
+                        f"tunekit.run() was told to optimise. Reported keys: "
+                        f"{', '.join(sorted(k for k in result if k != 'config'))}. Report it with "
+                        f"tunekit.report({{{metric!r}: value}}), fix the `metric` argument, or set "
+                        "TUNEKIT_DISABLE_STRICT_METRIC_CHECKING=1."
+                    )
+                decision = CONTINUE
+                if criteria:
+                    for key, bound in criteria.items():
+                        if key not in result:
+                            raise TuneError(
+                                f"Stopping criterion {key!r} is not in the results of trial "
+                                f"{trial}. Reported keys: "
+                                f"{', '.join(sorted(k for k in result if k != 'config'))}."
+                            )
+                        if result[key] >= bound:
+                            decision = STOP
+                if stopper is not None and decision != STOP and stopper(trial.trial_id, result):
+                    decision = STOP
+                if decision != STOP:
+                    decision = scheduler_on_result(self, trial, result)
+                if decision == STOP:
+                    result["done"] = True
+                elif searcher_on_result is not None:
+                    searcher_on_result(trial.trial_id, result)
+                trial.last_result = result
+                trial.results_seen += 1
+                hook(trial=trial, result=result, iteration=self._iteration, trials=self._trials)
+                if verbose >= 3:
+                    self._print_detail(trial, result)
+            except Exception as exc:
+                self._on_error(trial, traceback.format_exc(), exc, from_driver=True)
+                return
+            if decision == STOP or result["done"]:
+                self._complete(trial, stop_worker=not worker_done)
+                return
+            if decision == PAUSE:
+                self.pause_trial(trial)
+        self.trial_executor.ack(trial, processed)
+
+    def _on_done(self, trial: Trial, info: Any) -> None:
+        if trial.status != RUNNING:
+            return
+        if trial.last_result:
+            trial.last_result["done"] = True
+        self._complete(trial, stop_worker=False)
+
+    def _complete(self, trial: Trial, stop_worker: bool) -> None:
+        if stop_worker:
+            self.trial_executor.stop_trial(trial)
+        self._running.pop(trial, None)
+        trial.set_status(TERMINATED)
+        self._last_detail_print.pop(trial, None)
+        result = trial.last_result
+        trial._source.searcher.on_trial_complete(trial.trial_id, result=result, error=False)
+        self._scheduler.on_trial_complete(self, trial, result)
+        self._hook.tunekit_on_trial_complete(trial=trial, iteration=self._iteration, trials=self._trials)
+        if self._verbose >= 2:
+            self._print_done(trial)
+
+    def _on_error(self, trial: Trial, text: str, exc: BaseException | None, from_driver: bool = False) -> None:
+        if trial.status not in (RUNNING, PENDING, PAUSED):
+            return
+        if from_driver:
+            self.trial_executor.stop_trial(trial)
+        self._running.pop(trial, None)
+        self._pending.pop(trial, None)
+        self._paused.pop(trial, None)
+        trial.num_failures += 1
+        if trial.local_path is None:
+            trial.local_path = self._trial_dir(trial)
+        trial.error_file = os.path.join(trial.local_path, "error.txt")
+        with open(trial.error_file, "a") as f:
+            f.write(f"Failure # {trial.num_failures} (occurred at {date_str()})\n{text}\n")
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        trial.error_msg = lines[-1] if lines else text
+        trial.set_status(ERROR)
+        logger.error("Trial %s errored (failure %d): %s", trial, trial.num_failures, trial.error_msg)
+        retries = trial.max_failures
+        if (retries == -1 or trial.num_failures <= retries) and not self._fail_fast and not self._stop_requested:
+            # Retry from scratch: the trial goes back to the queue.
+            trial.set_status(PENDING)
+            self._pending[trial] = None
+            return
+        self._scheduler.on_trial_error(self, trial)
+        trial._source.searcher.on_trial_complete(trial.trial_id, result=None, error=True)
+        self._hook.tunekit_on_trial_error(
+            trial=trial, error=exc if exc is not None else text, iteration=self._iteration, trials=self._trials
+        )
+        if self._verbose >= 2:
+            self._print_done(trial)
+        if self._fail_fast:
+            if self._fail_fast == "raise":
+                if exc is None:
+                    exc = TuneError(f"Trial {trial} failed:\n{text}")
+                else:
+                    exc.add_note(f"Raised in trial {trial}; its traceback:\n{text}")
+                self._raise = exc
+            self._end_run("fail_fast")
+
+    # -- ending --------------------------------------------------------------------------
+    def _end_run(self, why: str) -> None:
+        """Stop everything that runs and create nothing more."""
+        if self._stop_requested:
+            return
+        self._stop_requested = why
+        self._search_finished = True
+        if why == "interrupted":
+            # Interrupted trials keep their status so that a resume continues them.
+            for trial in list(self._running):
+                self.trial_executor.stop_trial(trial)
+            return
+        for trial in list(self._running):
+            self._complete(trial, stop_worker=True)
+        for trial in list(self._pending) + list(self._paused):
+            self._pending.pop(trial, None)
+            self._paused.pop(trial, None)
+            trial.set_status(TERMINATED)
+
+    def interrupt(self) -> None:
+        """Called from the SIGINT handler: end gracefully at the next loop step."""
+        self.interrupted = True
+        self.trial_executor.wakeup()
+
+    def _is_finished(self) -> bool:
+        if self._stop_requested:
+            return True
+        return self._search_finished and not self._running and not self._pending and not self._paused
+
+    # -- main loop -----------------------------------------------------------------------
+    def run(self) -> None:
+        executor = self.trial_executor
+        deadline = None if self._time_budget_s is None else self.start_time + self._time_budget_s
+        stopper = self._stopper
+        stop_all = getattr(stopper, "stop_all", None) if stopper is not None else None
+        report_period = getattr(self._reporter, "_max_report_frequency", 5) if self._reporter else None
+        self._maybe_report(force=True)
+        while True:
+            if self.interrupted:
+                self._end_run("interrupted")
+            if self._is_finished():
+                break
+            self._iteration += 1
+            self._hook.tunekit_on_step_begin(iteration=self._iteration, trials=self._trials)
+            self._fill_slots()
+            if self._is_finished():
+                break
+            timeout = None
+            now = time.time()
+            if deadline is not None:
+                timeout = max(0.0, deadline - now)
+            if report_period and self._verbose >= 1:
+                timeout = report_period if timeout is None else min(timeout, report_period)
+            if self._state_period:
+                left = max(0.0, self._last_state_save + self._state_period - now)
+                timeout = left if timeout is None else min(timeout, left)
+            if self._search_waiting and not self._running:
+                # The searcher has nothing to offer and nothing runs that could change that:
+                # ask again shortly (a Searcher that returns None without live trials).
+                timeout = 0.05 if timeout is None else min(timeout, 0.05)
+            events = executor.wait(timeout)
+            for event in events:
+                kind = event[0]
+                if kind == "results":
+                    self._on_results(event[1], event[2])
+                elif kind == "done":
+                    self._on_done(event[1], event[2])
+                elif kind == "error":
+                    self._on_error(event[1], event[2], event[3])
+            if stop_all is not None and not self._stop_requested and stop_all():
+                self._end_run("stopper")
+            if deadline is not None and not self._stop_requested and time.time() >= deadline:
+                logger.info("Time budget of %.1f s reached: stopping all trials.", self._time_budget_s)
+                self._end_run("time_budget")
+            self._hook.tunekit_on_step_end(iteration=self._iteration, trials=self._trials)
+            self._maybe_report()
+            self._maybe_save_state()
+        self._drain()
+
+    def _drain(self) -> None:
+        """Let stopped trials' processes finish (or be killed after the grace period).
+
+        Events that arrive now belong to trials that already ended; they are dropped.
+        """
+        executor = self.trial_executor
+        while executor.num_busy():
+            executor.wait(1.0)
+
+    def finish(self) -> None:
+        """Flush hooks, save the final state and print the final report."""
+        self._hook.tunekit_on_experiment_end(trials=self._trials)
+        self._maybe_save_state(force=True)
+        self._maybe_report(force=True, done=True)
+        if self._raise is not None:
+            raise self._raise
+
+    # -- reporting and state ---------------------------------------------------------------
+    def _maybe_report(self, force: bool = False, done: bool = False) -> None:
+        reporter = self._reporter
+        if reporter is None or self._verbose < 1:
+            return
+        if force or reporter.should_report(self._trials, done=done):
+            reporter.report(self._trials, done, self._resources_line())
+
+    def _resources_line(self) -> str:
+        totals = self.trial_executor.total_resources()
+        used: dict[str, float] = {}
+        for trial in self._running:
+            for key, value in trial.resources.items():
+                used[key] = used.get(key, 0.0) + value
+        parts = [f"{used.get('CPU', 0):g}/{totals.get('CPU', 0):g} CPUs"]
+        parts.append(f"{used.get('GPU', 0):g}/{totals.get('GPU', 0):g} GPUs")
+        for key in sorted(k for k in used if k not in ("CPU", "GPU", "memory")):
+            parts.append(f"{used[key]:g}/{totals.get(key, 0):g} {key}")
+        return "Resources requested: " + ", ".join(parts)
+
+    def _print_detail(self, trial: Trial, result: dict) -> None:
+        now = time.time()
+        if not result.get("done") and now - self._last_detail_print.get(trial, 0.0) < 5.0:
+            return
+        self._last_detail_print[trial] = now
+        from .progress import format_trial_result_detailed
+
+        sys.stdout.write(format_trial_result_detailed(trial, result) + "\n")
+
+    def _print_done(self, trial: Trial) -> None:
+        from .progress import format_trial_result_brief
+
+        sys.stdout.write(format_trial_result_brief(trial, trial.last_result) + "\n")
+
+    def runner_data(self) -> dict:
+        return {
+            "start_time": self.start_time,
+            "iteration": self._iteration,
+            "trial_counter": self._counter,
+            "stop_reason": self._stop_requested,
+            "interrupted": self.interrupted,
+        }
+
+    def _maybe_save_state(self, force: bool = False) -> None:
+        if not self._state_period and not force:
+            return
+        now = time.time()
+        if not force and now - self._last_state_save < self._state_period:
+            return
+        self._last_state_save = now
+        from .experiment_state import save_experiment_state
+
+        try:
+            save_experiment_state(self.experiment_dir, self._trials, self.runner_data(), self._state_timestamp)
+        except OSError as exc:
+            logger.warning("Could not save the experiment state in %s: %s", self.experiment_dir, exc)
