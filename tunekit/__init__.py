@@ -61,10 +61,20 @@ _EXPORTS: dict[str, str] = {
     "hookspec": "tunekit_core.hookspecs",
 }
 
+# submodules reachable as attributes, as with `tune.search.ConcurrencyLimiter` in Ray Tune
+_SUBMODULES = frozenset(
+    {
+        "analysis", "callback", "error", "experiment", "logger", "progress_reporter",
+        "schedulers", "search", "stopper", "trainable",
+    }
+)
+
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tunekit.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'tunekit' has no attribute {name!r}")
@@ -74,7 +84,7 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | _SUBMODULES)
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only

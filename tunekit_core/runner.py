@@ -274,12 +274,13 @@ class RunLoop:
                 reuse_actors=self._reuse_actors,
             ),
         )
+        trial._location = self.trial_executor.trial_location(trial)
 
     # -- events --------------------------------------------------------------------------
     def _on_results(self, trial: Trial, batch: list[dict]) -> None:
         if trial.status != RUNNING:
             return
-        pid, hostname, node_ip = self.trial_executor.trial_location(trial)
+        pid, hostname, node_ip = trial._location
         scheduler_on_result = self._scheduler.on_trial_result
         searcher_on_result = trial._source.searcher_on_result
         hook = self._hook.tunekit_on_trial_result
