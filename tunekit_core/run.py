@@ -183,16 +183,14 @@ def run(
             f"search_alg must be a tunekit.search.Searcher or a searcher name, got "
             f"{type(search_alg).__name__}."
         )
-    if search_alg is not None and max_concurrent_trials:
-        if isinstance(search_alg, ConcurrencyLimiter):
-            if search_alg.max_concurrent != max_concurrent_trials:
-                raise ValueError(
-                    f"max_concurrent_trials={max_concurrent_trials} but search_alg is already a "
-                    f"ConcurrencyLimiter with max_concurrent={search_alg.max_concurrent}. Set "
-                    "max_concurrent_trials=None, or unwrap the searcher."
-                )
-        else:
-            search_alg = ConcurrencyLimiter(search_alg, max_concurrent=max_concurrent_trials)
+    if isinstance(search_alg, ConcurrencyLimiter) and max_concurrent_trials:
+        if search_alg.max_concurrent != max_concurrent_trials:
+            raise ValueError(
+                f"max_concurrent_trials={max_concurrent_trials} but search_alg is already a "
+                f"ConcurrencyLimiter with max_concurrent={search_alg.max_concurrent}. Set "
+                "max_concurrent_trials=None, or unwrap the searcher."
+            )
+        max_concurrent_trials = None  # already limited
 
     if isinstance(trial_executor, str):
         trial_executor = registry.create("executor", trial_executor, reuse_actors=reuse_actors)
@@ -215,9 +213,9 @@ def run(
     for experiment in experiments:
         searcher = search_alg
         if searcher is None:
-            searcher = registry.create(
-                "searcher", "variant_generator", max_concurrent=max_concurrent_trials or 0
-            )
+            searcher = registry.create("searcher", "variant_generator")
+        if max_concurrent_trials:
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent_trials)
         accepted = searcher.set_search_properties(
             metric,
             mode,
