@@ -186,6 +186,14 @@ def _trial_location(trial: Any) -> str:
     return "" if location is None else str(location)
 
 
+def _experiment_dir_of(trial: Any) -> str | None:
+    local_dir = getattr(trial, "local_dir", None)
+    if local_dir:
+        return os.fspath(local_dir)
+    local_path = getattr(trial, "local_path", None)
+    return os.path.dirname(os.fspath(local_path)) if local_path else None
+
+
 def _trials_by_state(trials: Iterable[Any]) -> dict[str, list[Any]]:
     by_state: dict[str, list[Any]] = {}
     for t in trials:
@@ -533,13 +541,7 @@ class TuneReporterBase(ProgressReporter):
         if best is not None:
             lines.append(self._best_trial_str(best, metric))
         if trials:
-            for logdir in sorted(
-                {
-                    os.path.dirname(os.fspath(t.local_path))
-                    for t in trials
-                    if getattr(t, "local_path", None)
-                }
-            ):
+            for logdir in sorted({d for d in map(_experiment_dir_of, trials) if d}):
                 lines.append(f"Result logdir: {logdir}")
             counts = {s: len(v) for s, v in _trials_by_state(trials).items()}
             total = self._total_samples
