@@ -73,6 +73,7 @@ def test_save_writes_named_file_with_documented_fields(tmp_path):
         "error_msg",
         "num_failures",
         "custom_trial_name",
+        "status_history",
     }
     assert first["trial_id"] == "abcde_00000"
     assert first["relative_logdir"] == "train_abcde_00000"

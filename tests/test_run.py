@@ -738,3 +738,14 @@ def test_sigint_handler_can_be_disabled(tmp_path):
         proc.kill()
     assert "RETURNED" not in out
     assert "KeyboardInterrupt" in err
+
+
+def test_state_file_records_every_transition(tmp_path):
+    run(fails_first_attempt, tmp_path, config={"marker_dir": str(tmp_path), "i": 0},
+        max_failures=1, name="hist")
+    exp = tmp_path / "hist"
+    state_file = next(p for p in os.listdir(exp) if p.startswith("experiment_state-"))
+    trial = json.load(open(exp / state_file))["trials"][0]
+    assert [s for s, _ in trial["status_history"]] == [
+        "PENDING", "RUNNING", "ERROR", "PENDING", "RUNNING", "TERMINATED"
+    ]

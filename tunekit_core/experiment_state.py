@@ -146,6 +146,8 @@ def _trial_entry(trial: Any, experiment_dir: str, prefix: str) -> dict[str, Any]
         "error_msg": getattr(trial, "error_msg", None),
         "num_failures": getattr(trial, "num_failures", 0),
         "custom_trial_name": _custom_trial_name(trial, trainable_name, trial_id),
+        # every state-machine transition, as [status, unix time] pairs
+        "status_history": [list(step) for step in getattr(trial, "status_history", ())],
     }
 
 

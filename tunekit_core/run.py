@@ -247,7 +247,11 @@ def run(
         source.searcher_on_result = _searcher_hook(searcher, "on_trial_result")
         sources.append(source)
 
-    stopper, _ = make_stopper(experiments[0].stop)
+    # A stop dict is checked per trial (each experiment has its own); other stop
+    # values (a callable, a Stopper) apply to the whole run, as in Ray Tune.
+    stopper, first_dict = make_stopper(experiments[0].stop)
+    if first_dict is not None:
+        stopper = None
     time_budget = experiments[0].time_budget_s
 
     # -- progress reporting ----------------------------------------------------------------
@@ -256,6 +260,8 @@ def run(
         from .progress import detect_reporter
 
         reporter = progress_reporter or detect_reporter()
+        if hasattr(reporter, "set_verbosity"):
+            reporter.set_verbosity(verbose)
         if not reporter.set_search_properties(metric, mode):
             raise ValueError(
                 "You passed `metric`/`mode` to tunekit.run(), but the progress reporter already "

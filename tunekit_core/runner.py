@@ -113,6 +113,7 @@ class RunLoop:
         self._state_period = float(os.environ.get("TUNEKIT_STATE_SAVE_PERIOD_S", "10"))
         self._state_timestamp = date_str()
         self._last_state_save = 0.0
+        self._state_writer = None
         self.start_time = time.time()
         self.interrupted = False
 
@@ -275,6 +276,7 @@ class RunLoop:
             ),
         )
         trial._location = self.trial_executor.trial_location(trial)
+        trial.location = f"{trial._location[2]}:{trial._location[0]}"
 
     # -- events --------------------------------------------------------------------------
     def _on_results(self, trial: Trial, batch: list[dict]) -> None:
@@ -312,7 +314,7 @@ class RunLoop:
                         "TUNEKIT_DISABLE_STRICT_METRIC_CHECKING=1."
                     )
                 decision = CONTINUE
-                if criteria:
+                if criteria and not worker_done:
                     for key, bound in criteria.items():
                         if key not in result:
                             raise TuneError(
@@ -533,7 +535,7 @@ class RunLoop:
     def _print_done(self, trial: Trial) -> None:
         from .progress import format_trial_result_brief
 
-        sys.stdout.write(format_trial_result_brief(trial, trial.last_result) + "\n")
+        sys.stdout.write(format_trial_result_brief(trial, trial.last_result, metric=self._metric) + "\n")
 
     def runner_data(self) -> dict:
         return {
@@ -551,9 +553,11 @@ class RunLoop:
         if not force and now - self._last_state_save < self._state_period:
             return
         self._last_state_save = now
-        from .experiment_state import save_experiment_state
+        if self._state_writer is None:
+            from .experiment_state import ExperimentStateWriter
 
+            self._state_writer = ExperimentStateWriter(self.experiment_dir, self._state_timestamp)
         try:
-            save_experiment_state(self.experiment_dir, self._trials, self.runner_data(), self._state_timestamp)
+            self._state_writer.save(self._trials, self.runner_data())
         except OSError as exc:
             logger.warning("Could not save the experiment state in %s: %s", self.experiment_dir, exc)

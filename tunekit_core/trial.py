@@ -77,6 +77,7 @@ class Trial:
         self.custom_trial_name: str | None = None
         self.custom_dirname: str | None = None
         self.results_seen = 0
+        self.location: str | None = None  # "node_ip:pid" of the process running it
 
     # -- Ray Tune compatible accessors ------------------------------------------------
     @property
