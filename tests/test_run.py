@@ -211,8 +211,15 @@ def test_result_values_and_return_value(tmp_path):
 
 
 def test_nested_metrics_are_flattened_for_metric_lookup(tmp_path):
-    analysis = run(nested_metrics, tmp_path, metric="val/loss", mode="min")
-    assert analysis.best_result["val/loss"] == 0.25
+    analysis = run(nested_metrics, tmp_path, metric="val/loss", mode="min",
+                   stop={"val/acc": 0.7})
+    assert analysis.best_result["val"] == {"loss": 0.25, "acc": 0.75}  # kept nested
+    trial = analysis.best_trial
+    line = json.loads(open(os.path.join(trial.local_path, "result.json")).readline())
+    assert line["val"] == {"loss": 0.25, "acc": 0.75}
+    assert line["done"] is True  # the stop criterion on the nested key fired
+    row = next(csv.DictReader(open(os.path.join(trial.local_path, "progress.csv"))))
+    assert row["val/loss"] == "0.25"
 
 
 def test_legacy_signatures(tmp_path):

@@ -56,6 +56,8 @@ _EXPORTS: dict[str, str] = {
     "ProgressReporter": "tunekit_core.progress",
     "CLIReporter": "tunekit_core.progress",
     # plugins
+    "create_scheduler": "tunekit.schedulers",
+    "create_searcher": "tunekit.search",
     "Callback": "tunekit_core.callback",
     "hookimpl": "tunekit_core.hookspecs",
     "hookspec": "tunekit_core.hookspecs",

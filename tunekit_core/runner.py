@@ -31,6 +31,7 @@ PAUSE = "PAUSE"
 STOP = "STOP"
 
 _MAX_DIRNAME = 130
+_IDLE_WAKEUP_S = 5.0
 _UNSAFE = re.compile(r"[^\w.=,+\-]")
 
 
@@ -294,44 +295,49 @@ class RunLoop:
         for result in batch:
             processed += 1
             try:
-                for value in result.values():
-                    if type(value) is dict:
-                        result = space.flatten_dict(result, delimiter="/")
-                        break
                 result["trial_id"] = trial.trial_id
                 result["experiment_tag"] = trial.experiment_tag
                 result["pid"] = pid
                 result["hostname"] = hostname
                 result["node_ip"] = node_ip
+                # Decisions read a flat view ("val/loss"); loggers, callbacks and
+                # last_result keep the result as reported, nested dicts included.
+                flat = result
+                for value in result.values():
+                    if type(value) is dict:
+                        flat = space.flatten_dict(result, delimiter="/")
+                        break
                 result["config"] = trial.config
+                if flat is not result:
+                    flat["config"] = trial.config
                 worker_done = result.get("done", False)
-                if metric is not None and metric not in result and not worker_done:
+                if metric is not None and metric not in flat and not worker_done:
                     raise ValueError(
                         f"Trial {trial} reported a result without the metric {metric!r} that "
                         f"tunekit.run() was told to optimise. Reported keys: "
-                        f"{', '.join(sorted(k for k in result if k != 'config'))}. Report it with "
+                        f"{', '.join(sorted(k for k in flat if k != 'config'))}. Report it with "
                         f"tunekit.report({{{metric!r}: value}}), fix the `metric` argument, or set "
                         "TUNEKIT_DISABLE_STRICT_METRIC_CHECKING=1."
                     )
                 decision = CONTINUE
                 if criteria and not worker_done:
                     for key, bound in criteria.items():
-                        if key not in result:
+                        if key not in flat:
                             raise TuneError(
                                 f"Stopping criterion {key!r} is not in the results of trial "
                                 f"{trial}. Reported keys: "
-                                f"{', '.join(sorted(k for k in result if k != 'config'))}."
+                                f"{', '.join(sorted(k for k in flat if k != 'config'))}."
                             )
-                        if result[key] >= bound:
+                        if flat[key] >= bound:
                             decision = STOP
-                if stopper is not None and decision != STOP and stopper(trial.trial_id, result):
+                if stopper is not None and decision != STOP and stopper(trial.trial_id, flat):
                     decision = STOP
                 if decision != STOP:
-                    decision = scheduler_on_result(self, trial, result)
+                    decision = scheduler_on_result(self, trial, flat)
                 if decision == STOP:
-                    result["done"] = True
+                    result["done"] = flat["done"] = True
                 elif searcher_on_result is not None:
-                    searcher_on_result(trial.trial_id, result)
+                    searcher_on_result(trial.trial_id, flat)
                 trial.last_result = result
                 trial.results_seen += 1
                 hook(trial=trial, result=result, iteration=self._iteration, trials=self._trials)
@@ -460,6 +466,9 @@ class RunLoop:
                 timeout = max(0.0, deadline - now)
             if report_period and self._verbose >= 1:
                 timeout = report_period if timeout is None else min(timeout, report_period)
+            # Wake at least every few seconds so step-end hooks (logger flushes) run
+            # while trials compute silently.
+            timeout = _IDLE_WAKEUP_S if timeout is None else min(timeout, _IDLE_WAKEUP_S)
             if self._state_period:
                 left = max(0.0, self._last_state_save + self._state_period - now)
                 timeout = left if timeout is None else min(timeout, left)
@@ -553,6 +562,8 @@ class RunLoop:
         if not force and now - self._last_state_save < self._state_period:
             return
         self._last_state_save = now
+        # Buffered result files reach the disk before the state that refers to them.
+        self._hook.tunekit_flush()
         if self._state_writer is None:
             from .experiment_state import ExperimentStateWriter
 

@@ -12,9 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 from tunekit_core.searcher import ConcurrencyLimiter, Searcher
 
-__all__ = ["Searcher", "ConcurrencyLimiter", "BasicVariantGenerator"]
+__all__ = ["Searcher", "ConcurrencyLimiter", "BasicVariantGenerator", "create_searcher"]
 
 _PLUGIN_EXPORTS = {"BasicVariantGenerator": ("tunekit_basic_search", "tunekit-basic-search")}
+
+
+def create_searcher(search_alg: str, /, **kwargs: Any) -> Searcher:
+    """Instantiate the searcher registered under ``search_alg`` (e.g. ``"random"``)."""
+    from tunekit_core import registry
+
+    return registry.create("searcher", search_alg, **kwargs)
 
 
 def __getattr__(name: str) -> Any:
