@@ -205,7 +205,6 @@ def run(
     plugin_manager = make_plugin_manager(callbacks)
 
     # -- searchers, one per experiment -----------------------------------------------------
-    from .executor import TrainableRef
     from .runner import RunLoop, TrialSource
 
     blob_dir: str | None = None
