@@ -400,14 +400,8 @@ def test_mode_and_metric_errors(tmp_path):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"checkpoint_freq": 2},
-        {"checkpoint_at_end": True},
-        {"keep_checkpoints_num": 2},
-        {"checkpoint_score_attr": "loss"},
-        {"restore": "/tmp/x"},
         {"resume": True},
         {"sync_config": object()},
-        {"export_formats": ["model"]},
         {"server_port": 4321},
         {"_remote": True},
     ],

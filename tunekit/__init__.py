@@ -29,6 +29,9 @@ _EXPORTS: dict[str, str] = {
     "get_trial_dir": "tunekit_core.session",
     "get_trial_resources": "tunekit_core.session",
     "is_session_enabled": "tunekit_core.session",
+    "get_checkpoint": "tunekit_core.session",
+    "checkpoint_dir": "tunekit_core.session",
+    "Checkpoint": "tunekit_core.checkpoint",
     # search spaces
     "uniform": "tunekit_core.space",
     "quniform": "tunekit_core.space",

@@ -10,7 +10,8 @@ Events returned by :meth:`Executor.wait` are tuples:
     results reported by the trial, in order, with the per-iteration fields filled.
 ``("done", trial, info)``
     the trainable returned (``info`` is ``None``) or ended at a stop request
-    (``info == "stopped"``).
+    (``info["stopped"]`` is true); ``info`` may carry a last ``checkpoint`` path and
+    its ``iteration`` (a class trainable's ``checkpoint_at_end``).
 ``("error", trial, traceback_text, exception_or_None)``
     the trainable raised, or its process died (``exception`` is then ``None``).
 
@@ -45,6 +46,11 @@ class TrialLaunch:
     window: int = 10_000
     log_to_file: tuple[str, str] | None = None
     reuse_actors: bool = False
+    # {"path", "iteration", "time_total_s"} of the checkpoint to start from, or None
+    restore: dict | None = None
+    # {"freq": int, "at_end": bool} for class trainables
+    checkpoint: dict | None = None
+    export_formats: list | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

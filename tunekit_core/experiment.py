@@ -127,13 +127,33 @@ class Experiment:
         sync_config: Any = None,
         storage_path: str | None = None,
     ):
-        not_implemented_yet("checkpoint_freq", checkpoint_freq, 0)
-        not_implemented_yet("checkpoint_at_end", checkpoint_at_end, False)
-        not_implemented_yet("keep_checkpoints_num", keep_checkpoints_num, None)
-        not_implemented_yet("checkpoint_score_attr", checkpoint_score_attr, None)
-        not_implemented_yet("export_formats", export_formats or None, None)
-        not_implemented_yet("restore", restore, None)
+        if not isinstance(checkpoint_freq, int) or checkpoint_freq < 0:
+            raise ValueError(f"checkpoint_freq must be an int >= 0, got {checkpoint_freq!r}.")
+        if keep_checkpoints_num is not None and (
+            not isinstance(keep_checkpoints_num, int) or keep_checkpoints_num < 1
+        ):
+            raise ValueError(
+                f"keep_checkpoints_num must be None (keep all) or an int >= 1, got "
+                f"{keep_checkpoints_num!r}."
+            )
+        if checkpoint_score_attr is not None and not isinstance(checkpoint_score_attr, str):
+            raise TypeError(
+                "checkpoint_score_attr must be a result key, optionally prefixed with 'min-'; "
+                f"got {checkpoint_score_attr!r}."
+            )
+        if restore is not None and not os.path.isdir(os.path.expanduser(os.fspath(restore))):
+            raise ValueError(
+                f"restore={restore!r} is not a checkpoint directory; pass the path of a "
+                "checkpoint_<n> directory of an earlier trial."
+            )
+        self.checkpoint_freq = checkpoint_freq
+        self.checkpoint_at_end = bool(checkpoint_at_end)
+        self.keep_checkpoints_num = keep_checkpoints_num
+        self.checkpoint_score_attr = checkpoint_score_attr
+        self.export_formats = list(export_formats) if export_formats else None
+        self.restore = os.path.abspath(os.path.expanduser(os.fspath(restore))) if restore else None
         not_implemented_yet("sync_config", sync_config, None)
+        self.sync_config = sync_config
 
         if isinstance(run, str):
             trainable = get_registered_trainable(run)
@@ -152,6 +172,14 @@ class Experiment:
             )
         self.trainable = trainable
         self.is_class = is_class_trainable(trainable)
+        if not self.is_class and (checkpoint_freq or checkpoint_at_end):
+            import logging
+
+            logging.getLogger("tunekit").warning(
+                "checkpoint_freq/checkpoint_at_end have no effect on the function trainable %s: "
+                "report checkpoints with tunekit.report(metrics, checkpoint=...) instead.",
+                self.trainable_name,
+            )
         self.name = name or self.trainable_name
 
         if config is not None and not isinstance(config, Mapping):

@@ -12,7 +12,6 @@ Call order follows Ray Tune: callbacks in the order they were passed, then the
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -21,6 +20,7 @@ import pluggy
 
 from tunekit_core import hookspecs, registry
 from tunekit_core.callback import Callback
+from tunekit_core.env import env_flag
 
 __all__ = ["AUTOLOAD_ENV", "CallbackHooks", "TunekitPluginManager", "make_plugin_manager"]
 
@@ -114,8 +114,7 @@ class TunekitPluginManager(pluggy.PluginManager):
 
 
 def _autoload_disabled() -> bool:
-    value = os.environ.get(AUTOLOAD_ENV, "")
-    return bool(value) and value != "0"
+    return env_flag(AUTOLOAD_ENV)
 
 
 def _plugin_modules() -> list[tuple[str, Any]]:

@@ -281,6 +281,9 @@ class LocalExecutor(Executor):
             "log_to_file": launch.log_to_file,
             "reuse_actors": launch.reuse_actors or self.reuse_actors,
             "resources": trial.resources,
+            "restore": launch.restore,
+            "checkpoint": launch.checkpoint,
+            "export_formats": launch.export_formats,
         }
         try:
             data = pickle.dumps(("start", spec), protocol=pickle.HIGHEST_PROTOCOL)
@@ -402,7 +405,7 @@ class LocalExecutor(Executor):
             killed = worker.kill_at is not None
             self._free(worker)
             if killed:
-                events.append(("done", trial, "stopped"))
+                events.append(("done", trial, {"stopped": True}))
             else:
                 events.append(("error", trial, _describe_exit(code, worker.proc.pid), None))
 

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .env import env_flag
 from .errors import TuneError
 from .experiment import Experiment, budget_seconds, not_implemented_yet
 from .resources import PlacementGroupFactory
@@ -234,6 +235,7 @@ def run(
         stopper_obj, stop_dict = make_stopper(experiment.stop)
         trainable_ref, blob_dir = _serialise_trainable(experiment, blob_dir)
         source = TrialSource(
+            base_config=experiment.config if not accepted and experiment.config else None,
             experiment=experiment,
             searcher=searcher,
             trainable=trainable_ref,
@@ -380,7 +382,7 @@ def _default_callbacks(callbacks: list, loggers: Sequence | None, registry) -> l
                 callbacks.append(entry())
             else:
                 callbacks.append(entry)
-    if os.environ.get("TUNEKIT_DISABLE_AUTO_CALLBACK_LOGGERS", "0") == "1":
+    if env_flag("TUNEKIT_DISABLE_AUTO_CALLBACK_LOGGERS", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"):
         return callbacks
     for name in ("json", "csv"):
         cls = registry.load("logger", name)
@@ -406,7 +408,7 @@ def _warn_unused_gpus(executor, experiments: list[Experiment]) -> None:
 
 
 def _install_sigint_handler(loop) -> Callable[[], None]:
-    if int(os.environ.get("TUNEKIT_DISABLE_SIGINT_HANDLER", os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))):
+    if env_flag("TUNEKIT_DISABLE_SIGINT_HANDLER", "TUNE_DISABLE_SIGINT_HANDLER"):
         return lambda: None
     if threading.current_thread() is not threading.main_thread():
         return lambda: None

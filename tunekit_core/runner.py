@@ -7,9 +7,11 @@ and hooks, and ends the experiment when nothing is left to run.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 import traceback
@@ -18,9 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import space
+from .checkpoint import CHECKPOINT_KEY, Checkpoint, TrialCheckpoints
+from .env import env_flag
 from .errors import TuneError
 from .executor import Executor, TrainableRef, TrialLaunch
 from .experiment import Experiment
+from .result_files import truncate_results
 from .trainable import date_str
 from .trial import ERROR, PAUSED, PENDING, RUNNING, TERMINATED, Trial
 
@@ -46,6 +51,7 @@ class TrialSource:
     stop_dict: dict | None = None
     searched_paths: list = field(default_factory=list)
     searcher_on_result: Any = None
+    base_config: dict | None = None  # constants merged into a self-contained searcher's configs
     created: int = 0
 
 
@@ -107,8 +113,8 @@ class RunLoop:
         env_window = os.environ.get("TUNEKIT_RESULT_BUFFER_LENGTH")
         if env_window and self._window != 1:
             self._window = max(1, int(env_window))
-        self._strict_metric = metric is not None and not int(
-            os.environ.get("TUNEKIT_DISABLE_STRICT_METRIC_CHECKING", "0")
+        self._strict_metric = metric is not None and not env_flag(
+            "TUNEKIT_DISABLE_STRICT_METRIC_CHECKING", "TUNE_DISABLE_STRICT_METRIC_CHECKING"
         )
         self._last_detail_print: dict[Trial, float] = {}
         self._state_period = float(os.environ.get("TUNEKIT_STATE_SAVE_PERIOD_S", "10"))
@@ -172,6 +178,9 @@ class RunLoop:
                 self._source_index += 1
                 continue
             self._counter += 1
+            if source.base_config:
+                # A searcher with its own space: the constants of `config` still apply.
+                config = space.deep_merge(copy.deepcopy(source.base_config), config)
             self._add_trial(source, trial_id, config)
             return True
         self._search_finished = True
@@ -205,6 +214,10 @@ class RunLoop:
             log_to_file=experiment.log_to_file or (None, None),
         )
         trial._source = source
+        trial.checkpoint_manager = TrialCheckpoints(
+            experiment.keep_checkpoints_num, experiment.checkpoint_score_attr
+        )
+        trial.restore_path = experiment.restore
         if experiment.trial_name_creator is not None:
             trial.custom_trial_name = str(experiment.trial_name_creator(trial))
         check = getattr(self.trial_executor, "check_fits", None)
@@ -256,6 +269,13 @@ class RunLoop:
         self._paused.pop(trial, None)
         if trial.local_path is None:
             trial.local_path = self._trial_dir(trial)
+        restore = self._restore_point(trial)
+        if trial.results_seen or trial.num_failures or trial._resumed:
+            # A restart: results after the restored iteration are about to be produced
+            # again, so the files keep only what precedes it (each iteration once).
+            self._hook.tunekit_flush()
+            truncate_results(trial.local_path, restore["iteration"] if restore else 0)
+            trial._resumed = False
         trial.set_status(RUNNING)
         trial.start_time = time.time()
         self._running[trial] = None
@@ -274,10 +294,36 @@ class RunLoop:
                 window=self._window,
                 log_to_file=log_to_file,
                 reuse_actors=self._reuse_actors,
+                restore=restore,
+                checkpoint={
+                    "freq": source.experiment.checkpoint_freq,
+                    "at_end": source.experiment.checkpoint_at_end,
+                },
+                export_formats=source.experiment.export_formats,
             ),
         )
         trial._location = self.trial_executor.trial_location(trial)
         trial.location = f"{trial._location[2]}:{trial._location[0]}"
+
+    def _restore_point(self, trial: Trial) -> dict | None:
+        """Where a (re)started trial continues: its latest checkpoint, or ``restore=``."""
+        latest = trial.checkpoint_manager.latest
+        path = latest["path"] if latest is not None else trial.restore_path
+        if path is None:
+            return None
+        metadata = Checkpoint(path).get_metadata()
+        return {
+            "path": path,
+            "iteration": metadata.get("iteration", latest["iteration"] if latest else 0),
+            "time_total_s": metadata.get("time_total_s", 0.0),
+        }
+
+    def _register_checkpoint(self, trial: Trial, path: str, iteration: int, result: dict | None) -> None:
+        for stale in trial.checkpoint_manager.add(path, iteration, result):
+            shutil.rmtree(stale, ignore_errors=True)
+        self._hook.tunekit_on_checkpoint(
+            trial=trial, checkpoint=Checkpoint(path), iteration=self._iteration, trials=self._trials
+        )
 
     # -- events --------------------------------------------------------------------------
     def _on_results(self, trial: Trial, batch: list[dict]) -> None:
@@ -311,6 +357,10 @@ class RunLoop:
                 if flat is not result:
                     flat["config"] = trial.config
                 worker_done = result.get("done", False)
+                checkpoint_path = result.pop(CHECKPOINT_KEY, None)
+                if checkpoint_path is not None:
+                    flat.pop(CHECKPOINT_KEY, None)
+                    self._register_checkpoint(trial, checkpoint_path, result["training_iteration"], flat)
                 if metric is not None and metric not in flat and not worker_done:
                     raise ValueError(
                         f"Trial {trial} reported a result without the metric {metric!r} that "
@@ -354,6 +404,10 @@ class RunLoop:
         self.trial_executor.ack(trial, processed)
 
     def _on_done(self, trial: Trial, info: Any) -> None:
+        if info and info.get("checkpoint"):
+            # checkpoint_at_end of a stopped class trainable, or a checkpoint_dir()
+            # written after the last report: it belongs to the trial's last iteration.
+            self._register_checkpoint(trial, info["checkpoint"], info["iteration"], trial.last_result)
         if trial.status != RUNNING:
             return
         if trial.last_result:
@@ -391,17 +445,18 @@ class RunLoop:
         trial.error_msg = lines[-1] if lines else text
         trial.set_status(ERROR)
         logger.error("Trial %s errored (failure %d): %s", trial, trial.num_failures, trial.error_msg)
+        # Hooks hear of every failure, retried or not (loggers close the trial's files).
+        self._hook.tunekit_on_trial_error(
+            trial=trial, error=exc if exc is not None else text, iteration=self._iteration, trials=self._trials
+        )
         retries = trial.max_failures
         if (retries == -1 or trial.num_failures <= retries) and not self._fail_fast and not self._stop_requested:
-            # Retry from scratch: the trial goes back to the queue.
+            # Retry: back to the queue, to continue from the latest checkpoint (or from scratch).
             trial.set_status(PENDING)
             self._pending[trial] = None
             return
         self._scheduler.on_trial_error(self, trial)
         trial._source.searcher.on_trial_complete(trial.trial_id, result=None, error=True)
-        self._hook.tunekit_on_trial_error(
-            trial=trial, error=exc if exc is not None else text, iteration=self._iteration, trials=self._trials
-        )
         if self._verbose >= 2:
             self._print_done(trial)
         if self._fail_fast:
@@ -502,7 +557,9 @@ class RunLoop:
         """
         executor = self.trial_executor
         while executor.num_busy():
-            executor.wait(1.0)
+            for event in executor.wait(1.0):
+                if event[0] == "done":
+                    self._on_done(event[1], event[2])
 
     def finish(self) -> None:
         """Flush hooks, save the final state and print the final report."""

@@ -6,6 +6,7 @@ functions raise a clear error.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from collections.abc import Mapping
 from typing import Any
@@ -49,12 +50,38 @@ def report(*args: Any, checkpoint: Any = None, **kwargs: Any) -> None:
             )
     else:
         metrics = kwargs
-    if checkpoint is not None:
-        raise NotImplementedError(
-            "report(..., checkpoint=...) is not available in this tunekit version: "
-            "checkpoints arrive with the checkpointing feature."
+    if checkpoint is not None and not hasattr(checkpoint, "path"):
+        raise TypeError(
+            "report(..., checkpoint=...) expects a tunekit.Checkpoint, e.g. "
+            f"Checkpoint.from_directory(path); got {type(checkpoint).__name__}."
         )
-    session.report(metrics)
+    session.report(metrics, checkpoint)
+
+
+def get_checkpoint():
+    """The checkpoint this trial should resume from, or ``None`` on a fresh start."""
+    return _require_session("get_checkpoint").restore_checkpoint
+
+
+@contextlib.contextmanager
+def checkpoint_dir(step: int | None = None):
+    """Ray Tune 1.x style: a directory to write a checkpoint into.
+
+    The directory becomes a checkpoint of the trial with the next ``report`` (or,
+    if none follows, when the trainable returns)::
+
+        with tunekit.checkpoint_dir(step=epoch) as d:
+            save(model, os.path.join(d, "model.pt"))
+        tunekit.report(loss=loss)
+    """
+    session = _require_session("checkpoint_dir")
+    path = session.checkpoint_dir(step)
+    yield path
+    if session.pending_checkpoint is not None and session.pending_checkpoint != path:
+        import shutil
+
+        shutil.rmtree(session.pending_checkpoint, ignore_errors=True)
+    session.pending_checkpoint = path
 
 
 def get_trial_id() -> str:

@@ -1419,3 +1419,14 @@ def generate_variants(
 def count_grid_points(config: Mapping) -> int:
     """Number of grid points of ``config`` (product of all grid sizes; 1 without grids)."""
     return compile_space(config).grid_count
+
+
+def deep_merge(base: dict, override: Mapping) -> dict:
+    """Merge ``override`` into ``base`` in place, recursing into dicts both have; returns base."""
+    for key, value in override.items():
+        current = base.get(key)
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            deep_merge(current, value)
+        else:
+            base[key] = value
+    return base

@@ -37,6 +37,10 @@ class IterationClock:
         self.restored_iteration = restored_iteration
         self.restored_time = restored_time
 
+    def time_total(self) -> float:
+        """Training time up to the last result, restored time included."""
+        return self.last - self.start + self.restored_time
+
     def fill(self, result: dict, now: float | None = None) -> dict:
         """Add ``training_iteration``, the timing fields, ``timestamp``, ``date``, ``done``."""
         if now is None:
@@ -117,14 +121,89 @@ class Trainable:
         return False
 
     def save_checkpoint(self, checkpoint_dir: str) -> Any:
+        """Write this trainable's state into ``checkpoint_dir``.
+
+        Return ``None`` (or ``checkpoint_dir``) after writing files, the path of a
+        file you wrote inside ``checkpoint_dir``, or a dict of small state that
+        tunekit stores for you.
+        """
         raise NotImplementedError(
-            "Checkpointing of class trainables is not available in this tunekit version."
+            f"{type(self).__name__} cannot be checkpointed: implement save_checkpoint(dir) and "
+            "load_checkpoint(checkpoint) to use checkpoint_freq, checkpoint_at_end, retries "
+            "from checkpoints, or schedulers that pause trials."
         )
 
     def load_checkpoint(self, checkpoint: Any) -> None:
+        """Restore the state written by :meth:`save_checkpoint`.
+
+        Receives what was saved: the checkpoint directory, the file path you
+        returned, or the dict you returned.
+        """
         raise NotImplementedError(
-            "Checkpointing of class trainables is not available in this tunekit version."
+            f"{type(self).__name__} cannot restore checkpoints: implement load_checkpoint()."
         )
+
+    def _export_model(self, export_formats: list[str], export_dir: str) -> dict:
+        """Override to export the model in ``export_formats``; return {format: path}."""
+        import logging
+
+        logging.getLogger("tunekit").warning(
+            "%s was asked to export %s but does not implement _export_model(); nothing exported.",
+            type(self).__name__,
+            export_formats,
+        )
+        return {}
+
+    def export_model(self, export_formats: Any, export_dir: str | None = None) -> dict:
+        """Export the model in the given formats (``export_formats`` of ``run``)."""
+        formats = [export_formats] if isinstance(export_formats, str) else list(export_formats)
+        return self._export_model(formats, export_dir or self.logdir)
+
+    def save(self, parent_dir: str | None = None) -> str:
+        """Save a checkpoint under ``parent_dir`` (the trial directory); returns its path."""
+        import pickle
+        import uuid
+
+        from .checkpoint import _DICT_FILE, TMP_PREFIX, persist_checkpoint
+
+        parent_dir = parent_dir or self.logdir
+        tmp = os.path.join(parent_dir, f"{TMP_PREFIX}save_{uuid.uuid4().hex[:8]}")
+        os.makedirs(tmp)
+        returned = self.save_checkpoint(tmp)
+        metadata: dict[str, Any] = {
+            "iteration": self.iteration,
+            "time_total_s": self._clock.time_total(),
+            "timestamp": time.time(),
+        }
+        if isinstance(returned, dict):
+            with open(os.path.join(tmp, _DICT_FILE), "wb") as f:
+                pickle.dump(returned, f, protocol=pickle.HIGHEST_PROTOCOL)
+            metadata["kind"] = "dict"
+        elif isinstance(returned, (str, os.PathLike)) and os.path.abspath(returned) != os.path.abspath(tmp):
+            relative = os.path.relpath(os.fspath(returned), tmp)
+            if relative.startswith(os.pardir):
+                raise ValueError(
+                    f"{type(self).__name__}.save_checkpoint returned {returned!r}, which is outside "
+                    f"the checkpoint directory {tmp}; write inside the directory it is given."
+                )
+            metadata["file"] = relative
+        return persist_checkpoint(tmp, parent_dir, self.iteration, metadata, move=True)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Load a checkpoint made by :meth:`save` and continue its iteration count."""
+        import pickle
+
+        from .checkpoint import _DICT_FILE, Checkpoint
+
+        metadata = Checkpoint(checkpoint_path).get_metadata()
+        if metadata.get("kind") == "dict":
+            with open(os.path.join(checkpoint_path, _DICT_FILE), "rb") as f:
+                self.load_checkpoint(pickle.load(f))
+        elif metadata.get("file"):
+            self.load_checkpoint(os.path.join(checkpoint_path, metadata["file"]))
+        else:
+            self.load_checkpoint(checkpoint_path)
+        self._clock = IterationClock(metadata.get("iteration", 0), metadata.get("time_total_s", 0.0))
 
     # -- driven by tunekit -----------------------------------------------------------
     def train(self) -> dict:

@@ -78,6 +78,11 @@ class Trial:
         self.custom_dirname: str | None = None
         self.results_seen = 0
         self.location: str | None = None  # "node_ip:pid" of the process running it
+        from .checkpoint import TrialCheckpoints
+
+        self.checkpoint_manager = TrialCheckpoints()
+        self.restore_path: str | None = None  # `restore=`: the checkpoint to start from
+        self._resumed = False  # loaded from an experiment state: its files may run ahead
 
     # -- Ray Tune compatible accessors ------------------------------------------------
     @property
@@ -89,6 +94,16 @@ class Trial:
     def resources(self) -> dict[str, float]:
         """The summed resource request of this trial, e.g. ``{'CPU': 1.0}``."""
         return self.placement_group_factory.required_resources
+
+    @property
+    def checkpoint(self):
+        """The latest persisted checkpoint (a :class:`Checkpoint`), or None."""
+        latest = self.checkpoint_manager.latest
+        if latest is None:
+            return None
+        from .checkpoint import Checkpoint
+
+        return Checkpoint(latest["path"])
 
     @property
     def is_finished(self) -> bool:

@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 
 from . import session as session_module
 from . import trainable as trainable_module
+from .checkpoint import CHECKPOINT_KEY, TMP_PREFIX, Checkpoint, persist_checkpoint
 from .errors import TrialStopped
 from .trainable import IterationClock, Trainable
 
@@ -40,7 +41,10 @@ def dumps(obj) -> bytes:
 class _Session:
     """What ``tunekit.report`` talks to inside a trial."""
 
-    __slots__ = ("worker", "trial_id", "trial_name", "logdir", "resources", "clock", "stop")
+    __slots__ = (
+        "worker", "trial_id", "trial_name", "logdir", "resources", "clock", "stop",
+        "restore_checkpoint", "pending_checkpoint", "last_checkpointed",
+    )
 
     def __init__(self, worker: Worker, spec: dict):
         self.worker = worker
@@ -48,17 +52,43 @@ class _Session:
         self.trial_name = spec["trial_name"]
         self.logdir = spec["logdir"]
         self.resources = spec.get("resources") or {}
-        self.clock = IterationClock()
+        restore = spec.get("restore")
+        if restore:
+            self.clock = IterationClock(restore.get("iteration", 0), restore.get("time_total_s", 0.0))
+            self.restore_checkpoint = Checkpoint(restore["path"])
+        else:
+            self.clock = IterationClock()
+            self.restore_checkpoint = None
         self.stop = spec.get("stop") or None
+        self.pending_checkpoint: str | None = None  # written with checkpoint_dir(), not yet reported
+        self.last_checkpointed = -1
 
-    def report(self, metrics: dict) -> None:
+    def report(self, metrics: dict, checkpoint: Checkpoint | None = None) -> None:
         result = self.clock.fill(metrics)
-        self.worker.push(result, self._meets_stop(result))
+        if checkpoint is not None or self.pending_checkpoint is not None:
+            self.attach_checkpoint(result, checkpoint)
+        self.worker.push(result, self.meets_stop(result))
 
-    def push_filled(self, result: dict) -> None:
-        self.worker.push(result, self._meets_stop(result))
+    def attach_checkpoint(self, result: dict, checkpoint: Checkpoint | None) -> None:
+        """Persist a reported checkpoint into the trial directory and tag the result with it."""
+        move = checkpoint is None
+        source = self.pending_checkpoint if move else checkpoint.path
+        self.pending_checkpoint = None
+        iteration = result["training_iteration"]
+        path = persist_checkpoint(
+            source, self.logdir, iteration, _checkpoint_metadata(result), move=move
+        )
+        result[CHECKPOINT_KEY] = path
+        self.last_checkpointed = iteration
 
-    def _meets_stop(self, result: dict) -> bool:
+    def checkpoint_dir(self, step: int | None) -> str:
+        import uuid
+
+        path = os.path.join(self.logdir, f"{TMP_PREFIX}pending_{uuid.uuid4().hex[:8]}")
+        os.makedirs(path)
+        return path
+
+    def meets_stop(self, result: dict) -> bool:
         if result.get("done"):
             return True
         stop = self.stop
@@ -73,6 +103,14 @@ class _Session:
                     except TypeError:
                         pass  # the driver reports the mismatch clearly
         return False
+
+
+def _checkpoint_metadata(result: dict) -> dict:
+    return {
+        "iteration": result["training_iteration"],
+        "time_total_s": result.get("time_total_s", 0.0),
+        "timestamp": result.get("timestamp"),
+    }
 
 
 class Worker:
@@ -141,7 +179,7 @@ class Worker:
 
     def finish(self, end) -> None:
         with self.cond:
-            if end[0] == "done" and self.buffer and end[1] != "stopped":
+            if end[0] == "done" and self.buffer and not (end[1] or {}).get("stopped"):
                 self.buffer[-1]["done"] = True
             self._flush_locked(end)
             self.stopped.discard(self.trial_id)
@@ -216,7 +254,8 @@ class Worker:
             else:
                 style = self._call_style(spec["trainable"][1], target)
                 if style == "checkpoint_dir":
-                    ret = target(config, checkpoint_dir=None)
+                    restore = session.restore_checkpoint
+                    ret = target(config, checkpoint_dir=restore.path if restore else None)
                 elif style == "reporter":
                     ret = target(config, _LegacyReporter())
                 else:
@@ -224,8 +263,10 @@ class Worker:
                 if ret is not None:
                     # A returned dict (or number) is the trial's final result.
                     session_module.report(ret)
-        except TrialStopped:
-            end = ("done", "stopped")
+                elif session.pending_checkpoint is not None:
+                    end = ("done", self._orphan_checkpoint(session))
+        except TrialStopped as stopped:
+            end = ("done", {"stopped": True, **(stopped.args[0] if stopped.args and stopped.args[0] else {})})
         except BaseException as exc:  # noqa: BLE001 - every failure is reported
             end = ("error", traceback.format_exc(), _pickle_exception(exc))
         finally:
@@ -257,14 +298,57 @@ class Worker:
                 actor = cls(config)
             finally:
                 trainable_module._trial_context.clear()
+        policy = spec.get("checkpoint") or {}
+        freq = policy.get("freq", 0)
+        at_end = policy.get("at_end", False)
+        if session.restore_checkpoint is not None:
+            actor.restore(session.restore_checkpoint.path)
+            session.last_checkpointed = actor.iteration
+        result = None
         try:
             while True:
-                session.push_filled(actor.train())
+                result = actor.train()
+                final = session.meets_stop(result)
+                if (
+                    result.get("should_checkpoint")
+                    or (freq and actor.iteration % freq == 0)
+                    or (at_end and final)
+                ):
+                    self._save_class_checkpoint(actor, session, result)
+                session.worker.push(result, final)
+        except TrialStopped:
+            # Stopped by the driver (or by a stop criterion): a last checkpoint if asked.
+            info = None
+            if at_end and result is not None and session.last_checkpointed < actor.iteration:
+                path = actor.save(session.logdir)
+                session.last_checkpointed = actor.iteration
+                info = {"checkpoint": path, "iteration": actor.iteration}
+            raise TrialStopped(info) from None
         finally:
+            formats = spec.get("export_formats")
+            if formats:
+                actor.export_model(formats, session.logdir)
             if reuse:
                 self.actors[key] = actor
             else:
                 actor.stop()
+
+    def _save_class_checkpoint(self, actor: Trainable, session: _Session, result: dict) -> None:
+        result[CHECKPOINT_KEY] = actor.save(session.logdir)
+        session.last_checkpointed = actor.iteration
+
+    def _orphan_checkpoint(self, session: _Session) -> dict:
+        """A checkpoint_dir() written after the last report: persist it at the last iteration."""
+        iteration = session.clock.iteration
+        path = persist_checkpoint(
+            session.pending_checkpoint,
+            session.logdir,
+            iteration,
+            {"iteration": iteration, "time_total_s": 0.0},
+            move=True,
+        )
+        session.pending_checkpoint = None
+        return {"stopped": False, "checkpoint": path, "iteration": iteration}
 
 
 class _LegacyReporter:
