@@ -400,7 +400,6 @@ def test_mode_and_metric_errors(tmp_path):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"resume": True},
         {"sync_config": object()},
         {"server_port": 4321},
         {"_remote": True},
@@ -745,7 +744,9 @@ def test_state_file_records_every_transition(tmp_path):
     run(fails_first_attempt, tmp_path, config={"marker_dir": str(tmp_path), "i": 0},
         max_failures=1, name="hist")
     exp = tmp_path / "hist"
-    state_file = next(p for p in os.listdir(exp) if p.startswith("experiment_state-"))
+    state_file = next(
+        p for p in os.listdir(exp) if p.startswith("experiment_state-") and p.endswith(".json")
+    )
     trial = json.load(open(exp / state_file))["trials"][0]
     assert [s for s, _ in trial["status_history"]] == [
         "PENDING", "RUNNING", "ERROR", "PENDING", "RUNNING", "TERMINATED"

@@ -128,6 +128,19 @@ def persist_checkpoint(source: str, trial_dir: str, iteration: int, metadata: di
     return final
 
 
+def remove_partial_checkpoints(trial_dir: str | None) -> None:
+    """Delete checkpoints a crash left half-written (they never got their final name)."""
+    if not trial_dir:
+        return
+    try:
+        names = os.listdir(trial_dir)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(TMP_PREFIX) or ".old-" in name:
+            shutil.rmtree(os.path.join(trial_dir, name), ignore_errors=True)
+
+
 def write_metadata(path: str, metadata: dict) -> None:
     with open(os.path.join(path, METADATA_FILE), "w") as f:
         json.dump(metadata, f)

@@ -368,7 +368,19 @@ def load_experiment_state(path_or_dir: str | os.PathLike) -> dict[str, Any]:
     """
     path = os.path.expanduser(os.fspath(path_or_dir))
     if os.path.isdir(path):
-        found = find_latest_experiment_state(path)
+        from .state_store import analysis_document, find_databases, load_database
+
+        databases = find_databases(path)
+        newest_json = find_latest_experiment_state(path)
+        if databases and (
+            newest_json is None
+            or os.path.basename(databases[0])[:-3] >= os.path.basename(newest_json)[:-5]
+        ):
+            # the live state of a running (or killed) run is in its database
+            state = load_database(path)
+            if state is not None:
+                return analysis_document(state)
+        found = newest_json
         if found is None:
             raise FileNotFoundError(
                 f"No experiment state file ({EXPERIMENT_STATE_GLOB}) in {path!r}. Pass the "

@@ -93,7 +93,7 @@ def run(
         )
     if metric is not None and not isinstance(metric, str):
         raise TypeError(f"`metric` must be a string naming a reported result key, got {metric!r}.")
-    not_implemented_yet("resume", resume or False, False)
+    resume_mode = _resume_mode(resume)
     not_implemented_yet("server_port", server_port, None)
     not_implemented_yet("_remote", bool(_remote), False)
     if fail_fast not in (True, False, "raise", "RAISE"):
@@ -288,6 +288,20 @@ def run(
     if reporter is not None and hasattr(reporter, "set_start_time"):
         reporter.set_start_time(loop.start_time)
 
+    from .state_store import StateStore
+
+    resume_state = None
+    if resume_mode is not None:
+        resume_state = _load_resume_state(resume_mode, experiment_dir, experiments[0])
+    if resume_state is not None:
+        loop.store = StateStore(experiment_dir, "", path=resume_state["path"])
+        # the snapshot keeps the name of the run it continues
+        loop._state_timestamp = os.path.basename(resume_state["path"])[len("experiment_state-"):-len(".db")]
+        loop.restore_state(resume_state, errored="restart" if resume_mode == "ERRORED_ONLY" else None)
+        logger.info("Resumed the experiment in %s (%d trials).", experiment_dir, len(loop.get_trials()))
+    else:
+        loop.store = StateStore(experiment_dir, loop._state_timestamp)
+
     restore_handler = _install_sigint_handler(loop)
     try:
         trial_executor.setup(experiment_dir)
@@ -322,6 +336,46 @@ def run(
     from .analysis import ExperimentAnalysis
 
     return ExperimentAnalysis(experiment_dir, trials=trials, default_metric=metric, default_mode=mode)
+
+
+_RESUME_MODES = {"LOCAL", "AUTO", "PROMPT", "ERRORED_ONLY", "REMOTE"}
+
+
+def _resume_mode(resume: Any) -> str | None:
+    if resume is None or resume is False:
+        return None
+    if resume is True:
+        return "LOCAL"
+    if isinstance(resume, str) and resume.upper() in _RESUME_MODES:
+        return resume.upper()
+    raise ValueError(
+        f"resume must be True/False or one of {', '.join(sorted(_RESUME_MODES))}; got {resume!r}."
+    )
+
+
+def _load_resume_state(mode: str, experiment_dir: str, experiment: Experiment):
+    from .state_store import load_database
+
+    if mode == "REMOTE":
+        raise NotImplementedError(
+            "resume='REMOTE' needs sync_config, which is not implemented in this tunekit version; "
+            "copy the experiment directory locally and use resume=True."
+        )
+    state = load_database(experiment_dir)
+    if state is None:
+        if mode == "AUTO":
+            return None
+        raise ValueError(
+            f"resume={mode!r} but there is no experiment state to resume in {experiment_dir}. "
+            "Check name and local_dir (storage_path), or pass resume='AUTO' to start fresh when "
+            "there is nothing to resume."
+        )
+    if mode == "PROMPT":
+        answer = input(f"Resume the experiment in {experiment_dir}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            logger.info("Starting a new experiment in %s.", experiment_dir)
+            return None
+    return state
 
 
 def _prepare_directory(path: str) -> None:

@@ -8,8 +8,10 @@ and hooks, and ends the experiment when nothing is left to run.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import space
-from .checkpoint import CHECKPOINT_KEY, Checkpoint, TrialCheckpoints
+from .checkpoint import CHECKPOINT_KEY, Checkpoint, TrialCheckpoints, remove_partial_checkpoints
 from .env import env_flag
 from .errors import TuneError
 from .executor import Executor, TrainableRef, TrialLaunch
@@ -119,8 +121,14 @@ class RunLoop:
         self._last_detail_print: dict[Trial, float] = {}
         self._state_period = float(os.environ.get("TUNEKIT_STATE_SAVE_PERIOD_S", "10"))
         self._state_timestamp = date_str()
-        self._last_state_save = 0.0
         self._state_writer = None
+        # the state database: trials that changed since the last commit
+        self.store = None
+        self._dirty: dict[Trial, None] = {}
+        self._urgent = False  # a status or checkpoint changed: commit at the end of this step
+        self._searchers_dirty = True
+        self._last_commit = 0.0
+        self._last_scheduler_save = 0.0
         self.start_time = time.time()
         self.interrupted = False
 
@@ -223,10 +231,22 @@ class RunLoop:
         check = getattr(self.trial_executor, "check_fits", None)
         if check is not None:
             check(trial)
+        trial._source_index = self._sources.index(source)
+        self._track(trial)
         self._trials.append(trial)
         self._pending[trial] = None
         self._scheduler.on_trial_add(self, trial)
+        self._searchers_dirty = True
         return trial
+
+    def _track(self, trial: Trial) -> None:
+        trial._state_sink = self._status_changed
+        self._dirty[trial] = None
+        self._urgent = True
+
+    def _status_changed(self, trial: Trial) -> None:
+        self._dirty[trial] = None
+        self._urgent = True
 
     def _trial_dir(self, trial: Trial) -> str:
         experiment = trial._source.experiment
@@ -275,6 +295,8 @@ class RunLoop:
             # again, so the files keep only what precedes it (each iteration once).
             self._hook.tunekit_flush()
             truncate_results(trial.local_path, restore["iteration"] if restore else 0)
+            if trial._resumed:
+                remove_partial_checkpoints(trial.local_path)
             trial._resumed = False
         trial.set_status(RUNNING)
         trial.start_time = time.time()
@@ -319,6 +341,8 @@ class RunLoop:
         }
 
     def _register_checkpoint(self, trial: Trial, path: str, iteration: int, result: dict | None) -> None:
+        self._dirty[trial] = None
+        self._urgent = True
         for stale in trial.checkpoint_manager.add(path, iteration, result):
             shutil.rmtree(stale, ignore_errors=True)
         self._hook.tunekit_on_checkpoint(
@@ -401,6 +425,7 @@ class RunLoop:
                 return
             if decision == PAUSE:
                 self.pause_trial(trial)
+        self._dirty[trial] = None
         self.trial_executor.ack(trial, processed)
 
     def _on_done(self, trial: Trial, info: Any) -> None:
@@ -421,6 +446,7 @@ class RunLoop:
         trial.set_status(TERMINATED)
         self._last_detail_print.pop(trial, None)
         result = trial.last_result
+        self._searchers_dirty = True
         trial._source.searcher.on_trial_complete(trial.trial_id, result=result, error=False)
         self._scheduler.on_trial_complete(self, trial, result)
         self._hook.tunekit_on_trial_complete(trial=trial, iteration=self._iteration, trials=self._trials)
@@ -456,6 +482,7 @@ class RunLoop:
             self._pending[trial] = None
             return
         self._scheduler.on_trial_error(self, trial)
+        self._searchers_dirty = True
         trial._source.searcher.on_trial_complete(trial.trial_id, result=None, error=True)
         if self._verbose >= 2:
             self._print_done(trial)
@@ -524,9 +551,10 @@ class RunLoop:
             # Wake at least every few seconds so step-end hooks (logger flushes) run
             # while trials compute silently.
             timeout = _IDLE_WAKEUP_S if timeout is None else min(timeout, _IDLE_WAKEUP_S)
-            if self._state_period:
-                left = max(0.0, self._last_state_save + self._state_period - now)
-                timeout = left if timeout is None else min(timeout, left)
+            if self._dirty:
+                # results not yet in the state database: commit within the period
+                left = max(0.0, self._last_commit + _RESULT_COMMIT_PERIOD_S - time.monotonic())
+                timeout = min(timeout, left)
             if self._search_waiting and not self._running:
                 # The searcher has nothing to offer and nothing runs that could change that:
                 # ask again shortly (a Searcher that returns None without live trials).
@@ -565,6 +593,9 @@ class RunLoop:
         """Flush hooks, save the final state and print the final report."""
         self._hook.tunekit_on_experiment_end(trials=self._trials)
         self._maybe_save_state(force=True)
+        self.write_snapshot()
+        if self.store is not None:
+            self.store.close()
         self._maybe_report(force=True, done=True)
         if self._raise is not None:
             raise self._raise
@@ -607,25 +638,204 @@ class RunLoop:
         return {
             "start_time": self.start_time,
             "iteration": self._iteration,
+            "id_prefix": self._id_prefix,
             "trial_counter": self._counter,
+            "source_index": self._source_index,
+            "created": [source.created for source in self._sources],
+            "search_finished": self._search_finished,
             "stop_reason": self._stop_requested,
             "interrupted": self.interrupted,
         }
 
     def _maybe_save_state(self, force: bool = False) -> None:
-        if not self._state_period and not force:
-            return
-        now = time.time()
-        if not force and now - self._last_state_save < self._state_period:
-            return
-        self._last_state_save = now
-        # Buffered result files reach the disk before the state that refers to them.
-        self._hook.tunekit_flush()
-        if self._state_writer is None:
-            from .experiment_state import ExperimentStateWriter
+        """Commit what changed to the state database.
 
+        At the end of every loop step in which a trial changed status or gained a
+        checkpoint (so a killed driver neither loses nor repeats a finished trial),
+        and at most every second for new results otherwise. Result files are
+        flushed first, so the database never refers to rows that are not on disk.
+        """
+        store = self.store
+        if store is None:
+            return
+        now = time.monotonic()
+        if not force and not self._urgent and (
+            not self._dirty or now - self._last_commit < _RESULT_COMMIT_PERIOD_S
+        ):
+            return
+        self._hook.tunekit_flush()
+        kv: dict[str, Any] = {"runner_data": json.dumps(self.runner_data())}
+        if self._searchers_dirty or force:
+            for index, source in enumerate(self._sources):
+                blob = _saved_state(source.searcher, self.experiment_dir)
+                if blob is not None:
+                    kv[f"searcher/{index}"] = blob
+            self._searchers_dirty = False
+        if force or now - self._last_scheduler_save >= self._state_period:
+            blob = _saved_state(self._scheduler, self.experiment_dir)
+            if blob is not None:
+                kv["scheduler"] = blob
+            self._last_scheduler_save = now
+        dirty = list(self._dirty)
+        try:
+            store.save(dirty, kv)
+        except Exception as exc:  # noqa: BLE001 - a failed save must not end the run
+            logger.warning("Could not save the experiment state in %s: %s", store.path, exc)
+            return
+        self._dirty.clear()
+        self._urgent = False
+        self._last_commit = now
+        store.maybe_backup(_BACKUP_PERIOD_S, force=force)
+
+    def write_snapshot(self) -> None:
+        """The Ray-style ``experiment_state-<timestamp>.json`` (at the end and on Ctrl+C)."""
+        from .experiment_state import ExperimentStateWriter
+
+        if self._state_writer is None:
             self._state_writer = ExperimentStateWriter(self.experiment_dir, self._state_timestamp)
         try:
             self._state_writer.save(self._trials, self.runner_data())
         except OSError as exc:
             logger.warning("Could not save the experiment state in %s: %s", self.experiment_dir, exc)
+
+    # -- resume ------------------------------------------------------------------------
+    def restore_state(self, state: dict, errored: str | None) -> None:
+        """Continue the experiment saved in ``state`` (from :func:`load_database`).
+
+        Finished trials stay finished; unfinished ones continue from their latest
+        checkpoint; errored ones stay errored, unless ``errored`` is "restart" (from
+        scratch) or "resume" (from their latest checkpoint).
+        """
+        kv = state["kv"]
+        runner = json.loads(kv.get("runner_data") or "{}")
+        self._id_prefix = runner.get("id_prefix", self._id_prefix)
+        self._counter = runner.get("trial_counter", 0)
+        self._source_index = runner.get("source_index", 0)
+        for source, created in zip(self._sources, runner.get("created", [])):
+            source.created = created
+        for index, source in enumerate(self._sources):
+            blob = kv.get(f"searcher/{index}")
+            if blob is not None:
+                _restore_state(source.searcher, blob, self.experiment_dir)
+        if kv.get("scheduler") is not None:
+            _restore_state(self._scheduler, kv["scheduler"], self.experiment_dir)
+            scheduler_restored = True
+        else:
+            scheduler_restored = False
+        for record in state["trials"]:
+            trial = self._trial_from_record(record)
+            if trial.status == ERROR and errored:
+                if errored == "restart":
+                    trial.checkpoint_manager.entries = []
+                    trial.restore_path = None
+                trial.set_status(PENDING)
+            elif trial.status in (RUNNING, PAUSED):
+                trial.set_status(PENDING)
+            if trial.status == PENDING:
+                trial._resumed = True
+                self._pending[trial] = None
+                limiter_live = getattr(trial._source.searcher, "live_trials", None)
+                if isinstance(limiter_live, set):
+                    limiter_live.add(trial.trial_id)
+                    if hasattr(trial._source.searcher, "num_unfinished_live_trials"):
+                        trial._source.searcher.num_unfinished_live_trials += 1
+                if not scheduler_restored:
+                    self._scheduler.on_trial_add(self, trial)
+            self._trials.append(trial)
+            trial._state_sink = self._status_changed
+            self._dirty[trial] = None
+        self._urgent = True
+        if self.store is not None:
+            self.store.adopt(state["trials"])
+            for trial in self._trials:
+                self.store.remember_config(trial)
+
+    def _trial_from_record(self, record: dict) -> Trial:
+        from .resources import PlacementGroupFactory
+
+        index = record.get("source_index", 0)
+        if index >= len(self._sources):
+            raise ValueError(
+                f"The saved trial {record['trial_id']} belongs to experiment #{index}, but this "
+                f"run defines {len(self._sources)} experiment(s); resume with the same experiments."
+            )
+        source = self._sources[index]
+        experiment = source.experiment
+        blob = record.get("config_blob")
+        config = pickle.loads(blob) if blob is not None else record.get("config") or {}
+        resources = record.get("resources") or {}
+        trial = Trial(
+            trainable_name=record.get("trainable_name") or experiment.trainable_name,
+            config=config,
+            trial_id=record["trial_id"],
+            experiment_tag=record.get("experiment_tag") or "",
+            evaluated_params=record.get("evaluated_params") or {},
+            resources=PlacementGroupFactory(
+                resources.get("bundles") or [{"CPU": 1.0}], resources.get("strategy", "PACK")
+            ),
+            stopping_criterion=source.stop_dict,
+            experiment_name=experiment.name,
+            local_dir=experiment.path,
+            max_failures=experiment.max_failures,
+            log_to_file=experiment.log_to_file or (None, None),
+        )
+        trial._source = source
+        trial._source_index = index
+        trial.status = record.get("status", PENDING)
+        trial.status_history = [tuple(step) for step in record.get("status_history") or []]
+        trial.last_result = record.get("last_result") or {}
+        trial.results_seen = record.get("results_seen", 0)
+        trial.error_msg = record.get("error_msg")
+        trial.num_failures = record.get("num_failures", 0)
+        trial.custom_trial_name = record.get("custom_trial_name")
+        trial.restore_path = record.get("restore_path")
+        trial.local_path = self._absolute(record.get("relative_logdir") or record.get("local_path"))
+        trial.error_file = self._absolute(record.get("error_file"))
+        trial.checkpoint_manager = TrialCheckpoints(
+            experiment.keep_checkpoints_num, experiment.checkpoint_score_attr
+        )
+        trial.checkpoint_manager.load_state(
+            [{**e, "path": self._absolute(e["path"])} for e in record.get("checkpoints") or []]
+        )
+        return trial
+
+    def _absolute(self, path: str | None) -> str | None:
+        if not path:
+            return None
+        return path if os.path.isabs(path) else os.path.join(self.experiment_dir, path)
+
+
+_RESULT_COMMIT_PERIOD_S = 1.0
+_BACKUP_PERIOD_S = 60.0
+
+
+def _saved_state(obj: Any, experiment_dir: str) -> bytes | None:
+    """What ``obj.save(path)`` writes, as bytes (searchers' and schedulers' plugin API)."""
+    save = getattr(obj, "save", None)
+    if save is None:
+        return None
+    path = os.path.join(experiment_dir, f".tunekit-state-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        save(path)
+        with open(path, "rb") as f:
+            return f.read()
+    except NotImplementedError:
+        return None
+    finally:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+def _restore_state(obj: Any, blob: bytes, experiment_dir: str) -> None:
+    path = os.path.join(experiment_dir, f".tunekit-state-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(path, "wb") as f:
+            f.write(blob)
+        obj.restore(path)
+    finally:
+        try:
+            os.remove(path)
+        except OSError:
+            pass

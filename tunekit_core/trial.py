@@ -83,6 +83,7 @@ class Trial:
         self.checkpoint_manager = TrialCheckpoints()
         self.restore_path: str | None = None  # `restore=`: the checkpoint to start from
         self._resumed = False  # loaded from an experiment state: its files may run ahead
+        self._state_sink = None  # the run loop's change tracker
 
     # -- Ray Tune compatible accessors ------------------------------------------------
     @property
@@ -120,6 +121,8 @@ class Trial:
             )
         self.status = status
         self.status_history.append((status, time.time()))
+        if self._state_sink is not None:
+            self._state_sink(self)
 
     def __str__(self) -> str:
         if self.custom_trial_name is not None:
