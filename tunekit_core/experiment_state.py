@@ -387,6 +387,22 @@ def load_experiment_state(path_or_dir: str | os.PathLike) -> dict[str, Any]:
                 "experiment directory of a tunekit run (<local_dir>/<name>) or the path of "
                 "its experiment_state-*.json file."
             )
+        # Newest first; a snapshot cut short by a crash falls back to the previous one.
+        names = sorted(fnmatch.filter(os.listdir(path), EXPERIMENT_STATE_GLOB), reverse=True)
+        for name in names:
+            candidate = os.path.join(path, name)
+            try:
+                with open(candidate, encoding="utf-8") as f:
+                    json.load(f)
+            except (OSError, json.JSONDecodeError) as exc:
+                import logging
+
+                logging.getLogger("tunekit").warning(
+                    "Experiment state %s is unreadable (%s); using the previous one.", candidate, exc
+                )
+                continue
+            found = candidate
+            break
         path = found
     elif not os.path.exists(path):
         raise FileNotFoundError(

@@ -230,7 +230,15 @@ def load_database(experiment_dir: str) -> dict[str, Any] | None:
                 )
                 continue
             if candidate != path:
-                state["path"] = path  # continue writing the main database
+                # Continue from the backup: it replaces the unreadable database, which is
+                # kept aside for inspection.
+                import shutil
+
+                for suffix in ("", "-wal", "-shm"):
+                    if os.path.exists(path + suffix):
+                        os.replace(path + suffix, f"{path}.corrupt{suffix}")
+                shutil.copyfile(candidate, path)
+                state["path"] = path
                 state["recovered_from"] = candidate
             return state
     return None
