@@ -128,14 +128,14 @@ def test_kill_at_random_moments_many_times(tmp_path, seed):
     iteration exactly once, and no trial beyond those the searcher suggested.
     """
     rng = random.Random(seed)
-    samples, steps = 12, 10
-    rounds = int(os.environ.get("TUNEKIT_KILL_ROUNDS", "12"))
+    rounds = int(os.environ.get("TUNEKIT_KILL_ROUNDS", "10"))
+    samples, steps = 2 * rounds, 10  # enough work to outlive every kill
     slow = {"STEP_SLEEP": "0.1"}
     killed = 0
     checks = []  # (lines executed so far, trials terminated by then)
     for _ in range(rounds):
         proc = _driver(tmp_path, samples, steps, env=slow)
-        time.sleep(rng.uniform(0.3, 1.2))
+        time.sleep(rng.uniform(0.3, 0.9))
         if proc.poll() is not None:
             break
         proc.kill()
@@ -145,7 +145,8 @@ def test_kill_at_random_moments_many_times(tmp_path, seed):
     proc = _driver(tmp_path, samples, steps)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
-    assert killed >= 3
+    assert killed >= rounds // 2
+    print(f"killed and resumed {killed} times")
     analysis = _check_final(tmp_path, samples, steps)
     executed = _executed(tmp_path)
     assert {t for t, _ in executed} == {t.trial_id for t in analysis.trials}
