@@ -248,3 +248,51 @@ def test_checkpoint_api(tmp_path):
     with pytest.raises(ValueError, match="no such directory"):
         Checkpoint.from_directory(tmp_path / "nope")
     assert Checkpoint.from_dict({"k": [1, 2]}).to_dict() == {"k": [1, 2]}
+
+
+# -- pausing (schedulers that return PAUSE) ---------------------------------------------------
+
+
+def _pause_once_scheduler():
+    from tunekit.schedulers import FIFOScheduler
+
+    class PauseOnce(FIFOScheduler):
+        supports_buffered_results = False
+
+        def __init__(self):
+            super().__init__()
+            self.paused = set()
+
+        def on_trial_result(self, runner, trial, result):
+            if result["training_iteration"] == 2 and trial.trial_id not in self.paused:
+                self.paused.add(trial.trial_id)
+                return self.PAUSE
+            return self.CONTINUE
+
+    return PauseOnce()
+
+
+def counting_with_checkpoints(config):
+    start = 0
+    if tune.get_checkpoint() is not None:
+        start = tune.get_checkpoint().to_dict()["i"]
+    for i in range(start + 1, 5):
+        tune.report(i=i, start=start, checkpoint=tune.Checkpoint.from_dict({"i": i}))
+
+
+@pytest.mark.parametrize("trainable", ["function", "class"])
+def test_paused_trials_continue_from_their_checkpoint(tmp_path, trainable):
+    if trainable == "function":
+        analysis = run(counting_with_checkpoints, tmp_path, num_samples=3,
+                       scheduler=_pause_once_scheduler(), name="fn")
+        starts = [t.last_result["start"] for t in analysis.trials]
+        assert starts == [2, 2, 2]
+    else:
+        analysis = run(Stateful, tmp_path, num_samples=3, scheduler=_pause_once_scheduler(),
+                       stop={"training_iteration": 4}, name="cls")
+        assert [t.last_result["restored_from"] for t in analysis.trials] == [2, 2, 2]
+    for trial in analysis.trials:
+        assert trial.status == "TERMINATED"
+        assert [r["training_iteration"] for r in rows(trial)] == [1, 2, 3, 4]
+        history = [s for s, _ in trial.status_history]
+        assert history == ["PENDING", "RUNNING", "PAUSED", "RUNNING", "TERMINATED"]

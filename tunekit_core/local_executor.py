@@ -168,6 +168,8 @@ class LocalExecutor(Executor):
         return [(g, _UNIT) for g in whole[:count]]
 
     def has_resources_for_trial(self, trial) -> bool:
+        if trial in self._by_trial:
+            return False  # its previous process (a pause, a stop) has not finished yet
         for key, value in trial.resources.items():
             if key == GPU:
                 continue
@@ -297,10 +299,17 @@ class LocalExecutor(Executor):
             pass  # reported as a dead worker by wait()
 
     def stop_trial(self, trial) -> None:
+        self._stop(trial, save=False)
+
+    def pause_trial(self, trial) -> None:
+        """Stop ``trial`` after it saves a checkpoint (class trainables); resumed later."""
+        self._stop(trial, save=True)
+
+    def _stop(self, trial, save: bool) -> None:
         worker = self._by_trial.get(trial)
         if worker is None or worker.kill_at is not None:
             return
-        self._send(worker, ("stop", trial.trial_id))
+        self._send(worker, ("stop", trial.trial_id, save))
         worker.kill_at = time.monotonic() + self.stop_grace_s
 
     def ack(self, trial, count: int) -> None:

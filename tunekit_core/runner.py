@@ -160,10 +160,21 @@ class RunLoop:
             self._searcher_of(trial).on_trial_complete(trial.trial_id, result=None, error=False)
 
     def pause_trial(self, trial: Trial) -> None:
-        raise NotImplementedError(
-            "Pausing trials (a scheduler returned PAUSE) needs checkpoints, which are not "
-            "available in this tunekit version."
-        )
+        """Pause a running trial: it checkpoints (class trainables), frees its resources,
+        and continues from its latest checkpoint when the scheduler picks it again."""
+        if trial.status != RUNNING:
+            return
+        self.trial_executor.pause_trial(trial)
+        self._running.pop(trial, None)
+        trial.set_status(PAUSED)
+        self._paused[trial] = None
+
+    def unpause_trial(self, trial: Trial) -> None:
+        """Put a paused trial back in the queue (PAUSED -> PENDING)."""
+        if trial.status == PAUSED:
+            self._paused.pop(trial, None)
+            trial.set_status(PENDING)
+            self._pending[trial] = None
 
     # -- trial creation ----------------------------------------------------------------
     def _searcher_of(self, trial: Trial) -> Any:
@@ -290,7 +301,7 @@ class RunLoop:
         if trial.local_path is None:
             trial.local_path = self._trial_dir(trial)
         restore = self._restore_point(trial)
-        if trial.results_seen or trial.num_failures or trial._resumed:
+        if trial.results_seen or trial.num_failures or trial._resumed or trial.status == PAUSED:
             # A restart: results after the restored iteration are about to be produced
             # again, so the files keep only what precedes it (each iteration once).
             self._hook.tunekit_flush()
@@ -425,6 +436,7 @@ class RunLoop:
                 return
             if decision == PAUSE:
                 self.pause_trial(trial)
+                return
         self._dirty[trial] = None
         self.trial_executor.ack(trial, processed)
 

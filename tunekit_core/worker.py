@@ -120,6 +120,7 @@ class Worker:
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.trial_id: str | None = None
         self.stopped: set[str] = set()
+        self.save_on_stop: set[str] = set()
         self.buffer: list[dict] = []
         self.inflight = 0
         self.window = 1
@@ -151,6 +152,8 @@ class Worker:
             elif kind == "stop":
                 with self.cond:
                     self.stopped.add(msg[1])
+                    if len(msg) > 2 and msg[2]:
+                        self.save_on_stop.add(msg[1])  # a pause: checkpoint before ending
                     self.cond.notify_all()
             else:
                 self.inbox.put(msg)
@@ -183,6 +186,7 @@ class Worker:
                 self.buffer[-1]["done"] = True
             self._flush_locked(end)
             self.stopped.discard(self.trial_id)
+            self.save_on_stop.discard(self.trial_id)
             self.trial_id = None
             self.buffer = []
             self.inflight = 0
@@ -319,7 +323,8 @@ class Worker:
         except TrialStopped:
             # Stopped by the driver (or by a stop criterion): a last checkpoint if asked.
             info = None
-            if at_end and result is not None and session.last_checkpointed < actor.iteration:
+            wants_save = at_end or session.trial_id in self.save_on_stop
+            if wants_save and result is not None and session.last_checkpointed < actor.iteration:
                 path = actor.save(session.logdir)
                 session.last_checkpointed = actor.iteration
                 info = {"checkpoint": path, "iteration": actor.iteration}
