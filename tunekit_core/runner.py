@@ -159,12 +159,19 @@ class RunLoop:
             self._scheduler.on_trial_remove(self, trial)
             self._searcher_of(trial).on_trial_complete(trial.trial_id, result=None, error=False)
 
-    def pause_trial(self, trial: Trial) -> None:
+    def pause_trial(self, trial: Trial, should_checkpoint: bool = True) -> None:
         """Pause a running trial: it checkpoints (class trainables), frees its resources,
-        and continues from its latest checkpoint when the scheduler picks it again."""
+        and continues from its latest checkpoint when the scheduler picks it again.
+
+        With ``should_checkpoint=False`` it is stopped without saving (PBT, which then
+        points it at another trial's checkpoint with ``trial.restore_from``).
+        """
         if trial.status != RUNNING:
             return
-        self.trial_executor.pause_trial(trial)
+        if should_checkpoint:
+            self.trial_executor.pause_trial(trial)
+        else:
+            self.trial_executor.stop_trial(trial)
         self._running.pop(trial, None)
         trial.set_status(PAUSED)
         self._paused[trial] = None
@@ -301,7 +308,9 @@ class RunLoop:
         if trial.local_path is None:
             trial.local_path = self._trial_dir(trial)
         restore = self._restore_point(trial)
-        if trial.results_seen or trial.num_failures or trial._resumed or trial.status == PAUSED:
+        if trial._restore_override is not None:
+            trial._restore_override = None  # restored from elsewhere: keep the rows so far
+        elif trial.results_seen or trial.num_failures or trial._resumed or trial.status == PAUSED:
             # A restart: results after the restored iteration are about to be produced
             # again, so the files keep only what precedes it (each iteration once).
             self._hook.tunekit_flush()
@@ -341,7 +350,10 @@ class RunLoop:
     def _restore_point(self, trial: Trial) -> dict | None:
         """Where a (re)started trial continues: its latest checkpoint, or ``restore=``."""
         latest = trial.checkpoint_manager.latest
-        path = latest["path"] if latest is not None else trial.restore_path
+        if trial._restore_override is not None:
+            path, latest = trial._restore_override, None
+        else:
+            path = latest["path"] if latest is not None else trial.restore_path
         if path is None:
             return None
         metadata = Checkpoint(path).get_metadata()

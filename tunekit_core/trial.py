@@ -84,6 +84,7 @@ class Trial:
         self.restore_path: str | None = None  # `restore=`: the checkpoint to start from
         self._resumed = False  # loaded from an experiment state: its files may run ahead
         self._state_sink = None  # the run loop's change tracker
+        self._restore_override: str | None = None  # set by restore_from()
 
     # -- Ray Tune compatible accessors ------------------------------------------------
     @property
@@ -95,6 +96,21 @@ class Trial:
     def resources(self) -> dict[str, float]:
         """The summed resource request of this trial, e.g. ``{'CPU': 1.0}``."""
         return self.placement_group_factory.required_resources
+
+    def set_config(self, config: dict) -> None:
+        """Replace the config (PBT's exploit); takes effect when the trial (re)starts."""
+        self.config = config
+
+    def set_experiment_tag(self, experiment_tag: str) -> None:
+        self.experiment_tag = experiment_tag
+
+    def restore_from(self, checkpoint_path: str | None) -> None:
+        """Start from this checkpoint (e.g. another trial's) the next time the trial starts.
+
+        Unlike a retry, the trial's own result rows are kept: its iteration count
+        continues from the checkpoint's.
+        """
+        self._restore_override = checkpoint_path
 
     @property
     def checkpoint(self):
