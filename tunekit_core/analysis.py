@@ -9,20 +9,33 @@ Result histories (for ``trial_dataframes``, ``dataframe(metric, mode)`` and the
 non-``last`` scopes of ``get_best_trial``) are read from each trial's
 ``result.json`` (falling back to ``progress.csv``) lazily, the first time they
 are needed. pandas is imported only by the methods that return DataFrames.
+
+A directory is read without changing anything in it: the newest experiment
+state database (``experiment_state-*.db``, the live state of a running or
+killed run) when it is at least as new as the newest JSON snapshot, else the
+snapshot. The checkpoint methods (``best_checkpoint``, ``get_best_checkpoint``,
+``get_last_checkpoint``, ``get_trial_checkpoints_paths``) use the trials' kept
+checkpoints: ``trial.checkpoint_manager`` for live trials, the state
+database's records, or the ``checkpoint_<iteration>`` directories found in a
+trial directory when the state does not list them.
 """
 
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import logging
 import math
 import os
+import re
+import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from tunekit_core.checkpoint import METADATA_FILE, Checkpoint
 from tunekit_core.experiment_state import (
-    find_latest_experiment_state,
+    EXPERIMENT_STATE_GLOB,
     load_experiment_state,
 )
 
@@ -43,6 +56,8 @@ ERROR_FILE = "error.txt"
 
 _SCOPES = ("all", "last", "avg", "last-5-avg", "last-10-avg")
 _MISSING = object()
+_TRAINING_ITERATION = "training_iteration"
+_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)")
 
 
 class TrialRecord:
@@ -51,8 +66,12 @@ class TrialRecord:
     ``ExperimentAnalysis`` builds these when it loads an experiment directory;
     they carry ``trial_id``, ``trainable_name``, ``experiment_tag``, ``config``,
     ``evaluated_params``, ``status``, ``last_result``, ``local_path`` (alias
-    ``logdir``), ``error_file``, ``error_msg``, ``num_failures`` and
-    ``custom_trial_name``. ``str(record)`` is the trial name.
+    ``logdir``), ``error_file``, ``error_msg``, ``num_failures``,
+    ``custom_trial_name`` and ``checkpoints`` (the kept checkpoints as
+    ``{"path", "iteration", "score"}`` dicts with absolute paths, oldest first;
+    ``None`` when the state did not list them: the trial directory is then
+    searched for ``checkpoint_<iteration>`` directories). ``str(record)`` is the
+    trial name.
     """
 
     #: Status of trials found by scanning a directory without an experiment state
@@ -73,6 +92,7 @@ class TrialRecord:
         error_msg: str | None = None,
         num_failures: int = 0,
         custom_trial_name: str | None = None,
+        checkpoints: list[dict[str, Any]] | None = None,
     ) -> None:
         self.trial_id = trial_id
         self.trainable_name = trainable_name
@@ -86,11 +106,18 @@ class TrialRecord:
         self.error_msg = error_msg
         self.num_failures = num_failures
         self.custom_trial_name = custom_trial_name
+        self.checkpoints = checkpoints
 
     @property
     def logdir(self) -> str | None:
         """The trial directory (alias of ``local_path``)."""
         return self.local_path
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        """The trial's latest kept checkpoint, or None (as ``Trial.checkpoint``)."""
+        entries = _checkpoint_entries(self)
+        return Checkpoint(entries[-1]["path"]) if entries else None
 
     def __str__(self) -> str:
         if self.custom_trial_name:
@@ -241,6 +268,132 @@ def _validate_mode_value(mode: str | None) -> None:
         raise ValueError(f"`mode` must be 'min' or 'max' (got {mode!r}).")
 
 
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _scan_checkpoints(trial_dir: str | None) -> list[dict[str, Any]]:
+    """The ``checkpoint_<iteration>`` directories in ``trial_dir``, oldest first.
+
+    Only complete checkpoints have that name (they are written under a temporary
+    name and renamed), so half-written ones are never listed.
+    """
+    if not trial_dir:
+        return []
+    try:
+        names = os.listdir(trial_dir)
+    except OSError:
+        return []
+    entries = []
+    for name in names:
+        match = _CHECKPOINT_DIR.fullmatch(name)
+        path = os.path.join(trial_dir, name)
+        if match is None or not os.path.isdir(path):
+            continue
+        iteration = int(match.group(1))
+        try:
+            with open(os.path.join(path, METADATA_FILE), encoding="utf-8") as f:
+                iteration = int(json.load(f).get("iteration", iteration))
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass
+        entries.append({"path": path, "iteration": iteration, "score": None})
+    entries.sort(key=lambda e: e["iteration"])
+    return entries
+
+
+def _checkpoint_entries(trial: Any) -> list[dict[str, Any]]:
+    """``trial``'s kept checkpoints that exist on disk, oldest first.
+
+    A live trial's come from its ``checkpoint_manager``, a trial read from an
+    experiment state from its ``checkpoints`` record; a trial without either is
+    searched for checkpoint directories.
+    """
+    manager = getattr(trial, "checkpoint_manager", None)
+    if manager is not None:
+        entries = list(manager.entries)
+    else:
+        recorded = getattr(trial, "checkpoints", None)
+        if recorded is None:
+            return _scan_checkpoints(getattr(trial, "local_path", None))
+        entries = list(recorded)
+    kept = []
+    for entry in entries:
+        if os.path.isdir(entry["path"]):
+            kept.append(entry)
+        else:
+            logger.debug("Checkpoint %s of trial %s is gone; skipped.", entry["path"], trial)
+    kept.sort(key=lambda e: e["iteration"])
+    return kept
+
+
+# --------------------------------------------------------------------------- state files
+
+
+def _read_database(path: str) -> dict[str, Any]:
+    """A state database as an experiment-state document, read without changing it."""
+    from tunekit_core.state_store import _read, analysis_document
+
+    state = _read(path)
+    state["path"] = path
+    return analysis_document(state)
+
+
+def _load_directory_state(directory: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The newest readable experiment state of ``directory`` and its path, or (None, None).
+
+    The same choice as ``load_experiment_state(directory)`` (the newest database
+    when it is at least as new as the newest JSON snapshot; an unreadable file
+    falls back to the database's backup, then to older files), except that
+    nothing is renamed or repaired: an analysis may look at a live experiment.
+    """
+    from tunekit_core.state_store import BACKUP_SUFFIX, find_databases
+
+    databases = find_databases(directory)
+    try:
+        snapshots = sorted(
+            fnmatch.filter(os.listdir(directory), EXPERIMENT_STATE_GLOB), reverse=True
+        )
+    except OSError:
+        snapshots = []
+    if databases and (
+        not snapshots
+        or os.path.basename(databases[0])[: -len(".db")] >= snapshots[0][: -len(".json")]
+    ):
+        for database in databases:
+            for candidate in (database, database + BACKUP_SUFFIX):
+                if not os.path.exists(candidate):
+                    continue
+                try:
+                    return _read_database(candidate), candidate
+                except (sqlite3.Error, ValueError, OSError) as exc:
+                    logger.warning(
+                        "The experiment state %s is unreadable (%s); trying the previous copy.",
+                        candidate,
+                        exc,
+                    )
+    for name in snapshots:
+        candidate = os.path.join(directory, name)
+        try:
+            return load_experiment_state(candidate), candidate
+        except (ValueError, OSError) as exc:
+            logger.warning(
+                "Experiment state %s is unreadable (%s); using the previous one.", candidate, exc
+            )
+    return None, None
+
+
+def _load_state_file(path: str) -> dict[str, Any]:
+    """An ``experiment_state-*.json`` file, or a state database (``.db`` / ``.db.bak``)."""
+    if path.endswith((".db", ".db.bak")):
+        try:
+            return _read_database(path)
+        except sqlite3.Error as exc:
+            raise ValueError(
+                f"{path!r} is not a readable tunekit experiment state database ({exc}). Pass the "
+                "experiment directory instead: its backup or JSON snapshot is then used."
+            ) from None
+    return load_experiment_state(path)
+
+
 # --------------------------------------------------------------------------- analysis
 
 
@@ -300,25 +453,27 @@ class ExperimentAnalysis:
 
     def _load_trials(self, path: str) -> list[TrialRecord]:
         if os.path.isdir(path):
-            state_path = find_latest_experiment_state(path)
-            if state_path is None:
+            state, state_path = _load_directory_state(path)
+            if state is None:
                 records = self._scan_trial_dirs(path)
                 if not records:
                     raise ValueError(
-                        f"No trials found in {path!r}: it has no experiment_state-*.json and "
-                        f"no trial directories with {PARAMS_FILE}. Pass the experiment "
-                        "directory of a tunekit run (<local_dir>/<name>)."
+                        f"No trials found in {path!r}: it has no experiment state "
+                        "(experiment_state-*.db or .json) and no trial directories with "
+                        f"{PARAMS_FILE}. Pass the experiment directory of a tunekit run "
+                        "(<local_dir>/<name>)."
                     )
                 return records
         elif os.path.isfile(path):
             state_path = path
+            state = _load_state_file(path)
         else:
             raise FileNotFoundError(
                 f"Experiment path {path!r} does not exist. Pass an experiment directory or "
                 "an experiment_state-*.json file."
             )
         self._state_path = state_path
-        self._state = load_experiment_state(state_path)
+        self._state = state
         return [self._record_from_state(entry) for entry in self._state["trials"]]
 
     def _resolve(self, relative: str | None, fallback: str | None) -> str | None:
@@ -340,7 +495,19 @@ class ExperimentAnalysis:
             error_msg=entry.get("error_msg"),
             num_failures=entry.get("num_failures") or 0,
             custom_trial_name=entry.get("custom_trial_name"),
+            checkpoints=self._resolve_checkpoints(entry.get("checkpoints")),
         )
+
+    def _resolve_checkpoints(self, recorded: Any) -> list[dict[str, Any]] | None:
+        """A record's checkpoints with paths resolved against this experiment directory."""
+        if not isinstance(recorded, list):
+            return None  # a JSON snapshot does not list them: the trial directory is searched
+        entries = []
+        for entry in recorded:
+            if not isinstance(entry, dict) or not entry.get("path"):
+                continue
+            entries.append({**entry, "path": self._resolve(entry["path"], None)})
+        return entries
 
     def _scan_trial_dirs(self, root: str) -> list[TrialRecord]:
         records = []
@@ -402,10 +569,13 @@ class ExperimentAnalysis:
     def runner_data(self) -> dict[str, Any]:
         """The run loop's data saved in the experiment state (``{}`` if there is none)."""
         if self._state is None:
-            path = self._state_path or find_latest_experiment_state(self._experiment_dir)
-            if path is None or not os.path.exists(path):
-                return {}
-            self._state = load_experiment_state(path)
+            if self._state_path is not None and os.path.exists(self._state_path):
+                self._state = _load_state_file(self._state_path)
+            else:
+                state, _ = _load_directory_state(self._experiment_dir)
+                if state is None:
+                    return {}
+                self._state = state
         return dict(self._state.get("runner_data") or {})
 
     def _validate_metric(self, metric: str | None) -> str:
@@ -621,6 +791,152 @@ class ExperimentAnalysis:
                 f"No best trial for metric {self.default_metric!r}: every score is NaN or infinite."
             )
         return self._trial_dataframe(trial)
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def _trial_of(self, trial: Any) -> Any:
+        """``trial`` itself, or the trial whose directory ``trial`` names."""
+        if isinstance(trial, (str, os.PathLike)):
+            path = os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(trial))))
+            for candidate in self.trials:
+                local = getattr(candidate, "local_path", None)
+                if local and os.path.normpath(os.path.abspath(local)) == path:
+                    return candidate
+            if os.path.isdir(path):
+                return self._record_from_dir(path, set(os.listdir(path)))
+            raise ValueError(
+                f"{path!r} is not a trial directory of this experiment ({self._experiment_dir}) "
+                "and does not exist. Pass a trial from `analysis.trials` or an existing trial "
+                "directory."
+            )
+        if trial is None or not hasattr(trial, "trial_id"):
+            raise ValueError(
+                f"`trial` must be a trial (e.g. from `analysis.trials` or `get_best_trial()`) or "
+                f"the path of a trial directory; got {trial!r}."
+            )
+        return trial
+
+    def _rows_by_iteration(self, trial: Any) -> dict[int, Mapping[str, Any]]:
+        rows: dict[int, Mapping[str, Any]] = {}
+        for row in self._history(trial):
+            iteration = _as_number(row.get(_TRAINING_ITERATION))
+            if iteration is not None:
+                rows[int(iteration)] = row  # a repeated iteration: the later row wins
+        last = getattr(trial, "last_result", None) or {}
+        iteration = _as_number(last.get(_TRAINING_ITERATION))
+        if iteration is not None:
+            rows.setdefault(int(iteration), last)
+        return rows
+
+    def get_trial_checkpoints_paths(
+        self, trial: Any, metric: str | None = None
+    ) -> list[tuple[str, Any]]:
+        """The kept checkpoints of ``trial`` as ``(path, value of metric)`` pairs, oldest first.
+
+        ``trial`` is a trial of this analysis or the path of a trial directory.
+        The value is the one ``trial`` reported at the checkpoint's iteration
+        (its row in ``result.json``, else ``progress.csv``, read lazily); ``None``
+        when that row is unknown or lacks ``metric``. ``metric`` defaults to
+        ``default_metric``, then ``"training_iteration"``; nested keys are
+        written ``"a/b"``. A trial without checkpoints gives ``[]``.
+        """
+        trial = self._trial_of(trial)
+        metric = metric or self.default_metric or _TRAINING_ITERATION
+        entries = _checkpoint_entries(trial)
+        if not entries:
+            return []
+        rows = self._rows_by_iteration(trial)
+        pairs = []
+        for entry in entries:
+            row = rows.get(entry["iteration"])
+            value = _lookup(row, metric) if row is not None else _MISSING
+            pairs.append((entry["path"], None if value is _MISSING else value))
+        return pairs
+
+    def get_best_checkpoint(
+        self, trial: Any, metric: str | None = None, mode: str | None = None
+    ) -> Checkpoint | None:
+        """The checkpoint of ``trial`` with the best ``metric`` value, or None.
+
+        Compares the values of :meth:`get_trial_checkpoints_paths`: the highest
+        for ``mode="max"``, the lowest for ``"min"`` (the earliest checkpoint on a
+        tie); NaN values are skipped. ``metric`` defaults to ``default_metric``,
+        then ``"training_iteration"``; ``mode`` to ``default_mode`` (one of them
+        is required). Returns a :class:`tunekit.Checkpoint`, which is
+        ``os.PathLike``: ``os.path.join(checkpoint, "model.pt")`` works. Returns
+        None, with a warning, when the trial has no checkpoint or none with a
+        value. Raises ``ValueError`` when the trial did not report ``metric`` at
+        any of its checkpoints' iterations.
+        """
+        trial = self._trial_of(trial)
+        metric = metric or self.default_metric or _TRAINING_ITERATION
+        mode = self._validate_mode(mode)
+        pairs = self.get_trial_checkpoints_paths(trial, metric)
+        if not pairs:
+            logger.warning("Trial %s has no checkpoints.", trial)
+            return None
+        scored = []
+        for path, value in pairs:
+            number = _as_number(value)
+            if number is not None and not math.isnan(number):
+                scored.append((path, number))
+        if not scored:
+            rows = self._rows_by_iteration(trial)
+            at_checkpoints = [
+                rows[e["iteration"]] for e in _checkpoint_entries(trial) if e["iteration"] in rows
+            ]
+            if at_checkpoints and all(_lookup(r, metric) is _MISSING for r in at_checkpoints):
+                raise ValueError(
+                    f"Trial {trial} did not report the metric {metric!r} at any of its "
+                    f"checkpoints' iterations. Reported keys: {_reported_keys([trial])}. Pass one "
+                    "of these as `metric`."
+                )
+            logger.warning(
+                "Trial %s has %d checkpoint(s), but none with a numeric, non-NaN %r in its "
+                "results; no best checkpoint.",
+                trial,
+                len(pairs),
+                metric,
+            )
+            return None
+        best_path, best_value = scored[0]
+        for path, value in scored[1:]:
+            if (mode == "max" and value > best_value) or (mode == "min" and value < best_value):
+                best_path, best_value = path, value
+        return Checkpoint(best_path)
+
+    def get_last_checkpoint(
+        self, trial: Any = None, metric: str = _TRAINING_ITERATION, mode: str = "max"
+    ) -> Checkpoint | None:
+        """The latest kept checkpoint (highest training iteration) of a trial, or None.
+
+        Of ``trial`` if given; otherwise of ``get_best_trial(metric, mode)``,
+        which by default is the trial that trained longest. Returns a
+        :class:`tunekit.Checkpoint`, or None when that trial has no checkpoint.
+        """
+        if trial is None:
+            trial = self.get_best_trial(metric, mode)
+            if trial is None:
+                return None
+        trial = self._trial_of(trial)
+        entries = _checkpoint_entries(trial)
+        if not entries:
+            logger.warning("Trial %s has no checkpoints.", trial)
+            return None
+        return Checkpoint(entries[-1]["path"])
+
+    @property
+    def best_checkpoint(self) -> Checkpoint | None:
+        """The best checkpoint of ``best_trial`` by ``default_metric``/``default_mode``.
+
+        That is ``get_best_checkpoint(best_trial, default_metric, default_mode)``;
+        None if the best trial has no checkpoint.
+        """
+        self._require_defaults("best_checkpoint", "get_best_checkpoint(trial, metric, mode)")
+        trial = self.best_trial
+        if trial is None:
+            return None
+        return self.get_best_checkpoint(trial, self.default_metric, self.default_mode)
 
     # ----------------------------------------------------------------- results
 
