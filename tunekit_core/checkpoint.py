@@ -176,6 +176,8 @@ class TrialCheckpoints:
     Without a score attribute the most recent checkpoints are the best.
     """
 
+    __slots__ = ("keep", "score_attr", "score_mode", "entries")
+
     def __init__(self, keep: int | None = None, score_attr: str | None = None):
         if keep is not None and keep < 1:
             raise ValueError(f"keep_checkpoints_num must be >= 1 or None, got {keep}.")

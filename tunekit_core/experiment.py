@@ -12,6 +12,7 @@ from .resources import PlacementGroupFactory, to_placement_group_factory
 from .trainable import Trainable
 
 _registered_trainables: dict[str, Any] = {}
+_ONE_CPU = to_placement_group_factory(None)  # the default request, shared by all trials
 
 
 def register_trainable(name: str, trainable: Any) -> None:
@@ -238,7 +239,7 @@ class Experiment:
             default = self.trainable.default_resource_request(config)
             if default is not None:
                 return to_placement_group_factory(default)
-        return to_placement_group_factory(None)
+        return _ONE_CPU
 
     def __repr__(self) -> str:
         return f"Experiment(name={self.name!r}, run={self.trainable_name!r})"

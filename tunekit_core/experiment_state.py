@@ -184,14 +184,18 @@ def _safe_or_placeholder(value: Any) -> Any:
         return str(value)[:_MAX_FALLBACK_STR]
 
 
-def _write_atomically(experiment_dir: str, timestamp_str: str, text: str) -> str:
+def _write_atomically(experiment_dir: str, timestamp_str: str, text: str | Iterable[str]) -> str:
     path = os.path.join(experiment_dir, experiment_state_filename(timestamp_str))
     fd, tmp_path = tempfile.mkstemp(
         prefix="." + EXPERIMENT_STATE_PREFIX, suffix=".tmp", dir=experiment_dir
     )
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            if isinstance(text, str):
+                f.write(text)
+            else:
+                for chunk in text:  # streamed: memory stays flat however many trials
+                    f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -247,12 +251,15 @@ class ExperimentStateWriter:
     is identical to ``save_experiment_state``'s.
     """
 
-    def __init__(self, experiment_dir: str | os.PathLike, timestamp_str: str) -> None:
+    def __init__(
+        self, experiment_dir: str | os.PathLike, timestamp_str: str, cache: bool = True
+    ) -> None:
         self.experiment_dir = os.path.abspath(os.fspath(experiment_dir))
         self.timestamp_str = timestamp_str
         self._prefix = self.experiment_dir.rstrip(os.sep) + os.sep
         # trial_id -> (key tuple, encoded entry)
         self._cache: dict[str, tuple[tuple, str]] = {}
+        self._use_cache = cache  # False for one-off snapshots: memory stays flat
 
     @property
     def path(self) -> str:
@@ -279,7 +286,8 @@ class ExperimentStateWriter:
         if cached is not None and _same_key(cached[0], key):
             return cached[1]
         text = _encode_entry(_trial_entry(trial, self.experiment_dir, self._prefix))
-        self._cache[trial_id] = (key, text)
+        if self._use_cache:
+            self._cache[trial_id] = (key, text)
         return text
 
     def save(self, trials: Iterable[Any], runner_data: dict[str, Any]) -> str:
@@ -289,18 +297,25 @@ class ExperimentStateWriter:
             runner_text = _dumps(runner_data if runner_data is not None else {})
         except (TypeError, ValueError):
             runner_text = _dumps(_safe_or_placeholder(runner_data))
-        parts = [
-            '{"format": ',
-            _dumps(EXPERIMENT_STATE_FORMAT),
-            ', "timestamp": ',
-            repr(time.time()),
-            ', "runner_data": ',
-            runner_text,
-            ', "trials": [',
-            ", ".join([self._encode_trial(t) for t in trials]),
-            "]}",
-        ]
-        return _write_atomically(self.experiment_dir, self.timestamp_str, "".join(parts))
+        head = "".join(
+            [
+                '{"format": ',
+                _dumps(EXPERIMENT_STATE_FORMAT),
+                ', "timestamp": ',
+                repr(time.time()),
+                ', "runner_data": ',
+                runner_text,
+                ', "trials": [',
+            ]
+        )
+
+        def chunks():
+            yield head
+            for index, trial in enumerate(trials):
+                yield (", " if index else "") + self._encode_trial(trial)
+            yield "]}"
+
+        return _write_atomically(self.experiment_dir, self.timestamp_str, chunks())
 
 
 def _same_key(old: tuple, new: tuple) -> bool:

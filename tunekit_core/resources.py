@@ -32,6 +32,7 @@ class PlacementGroupFactory:
                 "STRICT_PACK, STRICT_SPREAD."
             )
         self.strategy = strategy
+        self._required: dict[str, float] | None = None
         self._args = args
         self._kwargs = kwargs
 
@@ -41,12 +42,15 @@ class PlacementGroupFactory:
 
     @property
     def required_resources(self) -> dict[str, float]:
-        """All bundles summed: what the trial needs on one machine."""
-        total: dict[str, float] = {}
-        for bundle in self.bundles:
-            for key, value in bundle.items():
-                total[key] = total.get(key, 0.0) + value
-        return {k: v for k, v in total.items() if v}
+        """All bundles summed: what the trial needs on one machine (do not modify)."""
+        required = self._required
+        if required is None:
+            total: dict[str, float] = {}
+            for bundle in self.bundles:
+                for key, value in bundle.items():
+                    total[key] = total.get(key, 0.0) + value
+            required = self._required = {k: v for k, v in total.items() if v}
+        return required
 
     def __eq__(self, other: object) -> bool:
         return (

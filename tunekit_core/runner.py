@@ -37,6 +37,7 @@ CONTINUE = "CONTINUE"
 PAUSE = "PAUSE"
 STOP = "STOP"
 
+_intern = sys.intern
 _MAX_DIRNAME = 130
 _IDLE_WAKEUP_S = 5.0
 _UNSAFE = re.compile(r"[^\w.=,+\-]")
@@ -121,7 +122,6 @@ class RunLoop:
         self._last_detail_print: dict[Trial, float] = {}
         self._state_period = float(os.environ.get("TUNEKIT_STATE_SAVE_PERIOD_S", "10"))
         self._state_timestamp = date_str()
-        self._state_writer = None
         # the state database: trials that changed since the last commit
         self.store = None
         self._dirty: dict[Trial, None] = {}
@@ -224,7 +224,7 @@ class RunLoop:
             except (KeyError, IndexError, TypeError):
                 continue
             resolved[path] = value
-            evaluated["/".join(str(p) for p in path)] = value
+            evaluated[_intern("/".join(str(p) for p in path))] = value
         tag = f"{index}_{space.format_vars(resolved)}" if resolved else str(index)
         trial = Trial(
             trainable_name=experiment.trainable_name,
@@ -345,7 +345,6 @@ class RunLoop:
             ),
         )
         trial._location = self.trial_executor.trial_location(trial)
-        trial.location = f"{trial._location[2]}:{trial._location[0]}"
 
     def _restore_point(self, trial: Trial) -> dict | None:
         """Where a (re)started trial continues: its latest checkpoint, or ``restore=``."""
@@ -466,6 +465,8 @@ class RunLoop:
     def _complete(self, trial: Trial, stop_worker: bool) -> None:
         if stop_worker:
             self.trial_executor.stop_trial(trial)
+        # A finished trial keeps its last result for good: share the key strings.
+        trial.last_result = {_intern(k): v for k, v in trial.last_result.items()}
         self._running.pop(trial, None)
         trial.set_status(TERMINATED)
         self._last_detail_print.pop(trial, None)
@@ -715,10 +716,9 @@ class RunLoop:
         """The Ray-style ``experiment_state-<timestamp>.json`` (at the end and on Ctrl+C)."""
         from .experiment_state import ExperimentStateWriter
 
-        if self._state_writer is None:
-            self._state_writer = ExperimentStateWriter(self.experiment_dir, self._state_timestamp)
+        writer = ExperimentStateWriter(self.experiment_dir, self._state_timestamp, cache=False)
         try:
-            self._state_writer.save(self._trials, self.runner_data())
+            writer.save(self._trials, self.runner_data())
         except OSError as exc:
             logger.warning("Could not save the experiment state in %s: %s", self.experiment_dir, exc)
 

@@ -93,13 +93,16 @@ class StateStore:
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        # Writes touch recent rows only: a small page cache keeps the driver's memory flat
+        # as the experiment grows (SQLite's default would grow to ~2 MB).
+        self._conn.execute("PRAGMA cache_size=-256")
         for statement in _SCHEMA:
             self._conn.execute(statement)
         self._conn.execute(
             "INSERT OR IGNORE INTO kv(key, value) VALUES ('format', ?)", (FORMAT,)
         )
         self._configs: dict[str, int] = {}  # trial_id -> id() of the config last written
-        self._seq: dict[str, int] = {}
+        self._next_seq = 0
         self._last_backup = time.monotonic()
 
     def save(self, trials: list[Any], kv: dict[str, Any] | None = None) -> None:
@@ -107,12 +110,12 @@ class StateStore:
         rows_full = []
         rows_data = []
         for trial in trials:
-            seq = self._seq.get(trial.trial_id)
-            if seq is None:
-                seq = self._seq[trial.trial_id] = len(self._seq)
             data = json.dumps(trial_record(trial, self.experiment_dir))
-            if self._configs.get(trial.trial_id) != id(trial.config):
-                rows_full.append((trial.trial_id, seq, data, _pickle(trial.config)))
+            known = self._configs.get(trial.trial_id)
+            if known != id(trial.config):
+                if known is None:
+                    self._next_seq += 1  # a new row: its position in the experiment
+                rows_full.append((trial.trial_id, self._next_seq, data, _pickle(trial.config)))
                 self._configs[trial.trial_id] = id(trial.config)
             else:
                 rows_data.append((data, trial.trial_id))
@@ -123,6 +126,7 @@ class StateStore:
                 conn.executemany(
                     "INSERT INTO trials(trial_id, seq, data, config) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(trial_id) DO UPDATE SET data=excluded.data, config=excluded.config",
+                    # (seq stays: an existing row keeps its position)
                     rows_full,
                 )
             if rows_data:
@@ -139,9 +143,8 @@ class StateStore:
             raise
 
     def adopt(self, records: list[dict[str, Any]]) -> None:
-        """Continue a resumed database: keep its row order and its stored configs."""
-        for record in records:
-            self._seq[record["trial_id"]] = record["seq"]
+        """Continue a resumed database: new rows go after the stored ones."""
+        self._next_seq = max((r["seq"] for r in records), default=0)
 
     def remember_config(self, trial: Any) -> None:
         self._configs[trial.trial_id] = id(trial.config)
@@ -155,8 +158,9 @@ class StateStore:
         tmp = f"{self.path}{BACKUP_SUFFIX}.tmp"
         try:
             target = sqlite3.connect(tmp)
+            target.execute("PRAGMA cache_size=-256")
             with target:
-                self._conn.backup(target)
+                self._conn.backup(target, pages=256)
             target.close()
             os.replace(tmp, self.path + BACKUP_SUFFIX)
         except (sqlite3.Error, OSError) as exc:

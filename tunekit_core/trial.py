@@ -75,9 +75,7 @@ class Trial:
         self.num_failures = 0
         self.start_time: float | None = None
         self.custom_trial_name: str | None = None
-        self.custom_dirname: str | None = None
         self.results_seen = 0
-        self.location: str | None = None  # "node_ip:pid" of the process running it
         from .checkpoint import TrialCheckpoints
 
         self.checkpoint_manager = TrialCheckpoints()
@@ -85,12 +83,23 @@ class Trial:
         self._resumed = False  # loaded from an experiment state: its files may run ahead
         self._state_sink = None  # the run loop's change tracker
         self._restore_override: str | None = None  # set by restore_from()
+        # Set by the run loop. Declared here so every Trial shares one attribute layout
+        # (key-sharing instance dicts: a fraction of the memory per trial).
+        self._source = None
+        self._source_index = 0
+        self._location: tuple = (0, "", "")
 
     # -- Ray Tune compatible accessors ------------------------------------------------
     @property
     def logdir(self) -> str | None:
         """Older name of :attr:`local_path`."""
         return self.local_path
+
+    @property
+    def location(self) -> str | None:
+        """``"node_ip:pid"`` of the process running (or that last ran) the trial."""
+        pid, _, node_ip = self._location
+        return f"{node_ip}:{pid}" if pid else None
 
     @property
     def resources(self) -> dict[str, float]:
