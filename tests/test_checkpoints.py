@@ -296,3 +296,11 @@ def test_paused_trials_continue_from_their_checkpoint(tmp_path, trainable):
         assert [r["training_iteration"] for r in rows(trial)] == [1, 2, 3, 4]
         history = [s for s, _ in trial.status_history]
         assert history == ["PENDING", "RUNNING", "PAUSED", "RUNNING", "TERMINATED"]
+
+
+def test_reported_dict_checkpoints_leave_no_temporary_directories(tmp_path, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # where the worker's from_dict dirs are made
+    run(dict_checkpoints, tmp_path, name="leak")
+    assert list(scratch.iterdir()) == []

@@ -246,3 +246,34 @@ def test_state_database_saves_only_what_changed(tmp_path):
     assert len(rows) == 50
     assert json.loads(rows[3][1])["last_result"] == {"loss": 1.0}
     store.close()
+
+
+def test_pruned_checkpoint_is_deleted_only_after_the_state_stops_listing_it(tmp_path):
+    """keep_checkpoints_num=1: after any kill, the saved latest checkpoint exists on disk."""
+    for attempt in range(3):
+        proc = _driver(tmp_path, 4, 10, name="prune", env={"STEP_SLEEP": "0.05"})
+        time.sleep(0.8 + 0.3 * attempt)
+        proc.kill()
+        proc.wait()
+        from tunekit_core.state_store import load_database
+
+        state = load_database(str(tmp_path / "prune"))
+        if state is None:
+            continue
+        for record in state["trials"]:
+            for entry in record["checkpoints"]:
+                path = os.path.join(tmp_path / "prune", entry["path"])
+                assert os.path.isdir(path), path
+    proc = _driver(tmp_path, 4, 10, name="prune")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    _check_final(tmp_path, 4, 10, name="prune")
+
+
+def test_fresh_runs_in_the_same_second_get_their_own_state(tmp_path):
+    tune.run(steps, local_dir=str(tmp_path), name="same", verbose=0)
+    tune.run(steps, local_dir=str(tmp_path), name="same", verbose=0)
+    databases = [p for p in os.listdir(tmp_path / "same") if p.endswith(".db")]
+    assert len(databases) == 2
+    resumed = tune.run(steps, local_dir=str(tmp_path), name="same", resume=True, verbose=0)
+    assert len(resumed.trials) == 1

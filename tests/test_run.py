@@ -400,7 +400,6 @@ def test_mode_and_metric_errors(tmp_path):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"sync_config": object()},
         {"server_port": 4321},
         {"_remote": True},
     ],
@@ -707,6 +706,9 @@ def test_first_ctrl_c_stops_gracefully(tmp_path):
     assert proc.returncode == 0, err
     assert "RETURNED 2" in out
     assert "resume=True" in err
+    # interrupted trials are not finished: a resume continues them
+    analysis = tune.ExperimentAnalysis(str(tmp_path / "out" / "sigint"))
+    assert [t.status for t in analysis.trials] == ["RUNNING", "RUNNING"]
     states = [f for f in os.listdir(tmp_path / "out" / "sigint") if f.startswith("experiment_state")]
     assert states
     for root, _, files in os.walk(tmp_path / "out" / "sigint"):

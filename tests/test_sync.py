@@ -544,3 +544,28 @@ def test_s3_round_trip_resume_runs_nothing_again(s3_bucket, moto_endpoint, monke
     # the resumed run's syncer continued from the downloaded manifest: only the state
     # database (and whatever the resumed run rewrote) went up again
     assert callback.syncer.last_stats.uploaded_files < len(_local_files(exp_dir)) / 2
+
+
+def test_run_sync_config_and_remote_resume_through_run(s3_bucket, moto_endpoint, monkeypatch, tmp_path):
+    """The public path: run(sync_config=...) uploads; resume='REMOTE' continues from the copy."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    config = SyncConfig(upload_dir=f"s3://{s3_bucket}/public", sync_period=0)
+    local = tmp_path / "local"
+    log = str(tmp_path / "executed.log")
+    common = dict(
+        name=NAME,
+        local_dir=str(local),
+        config={"x": tune.grid_search([0, 1, 2]), "log": log},
+        keep_checkpoints_num=1,
+        resources_per_trial={"cpu": 0.5},
+        verbose=0,
+        sync_config=config,
+    )
+    tune.run(_train, **common)
+    executed = open(log).read().splitlines()
+    shutil.rmtree(local)
+    analysis = tune.run(_train, resume="REMOTE", **common)
+    assert open(log).read().splitlines() == executed  # nothing ran again
+    assert [t.status for t in analysis.trials] == ["TERMINATED"] * 3
+    with pytest.raises(ValueError, match="upload_dir"):
+        tune.run(_train, name="other", local_dir=str(tmp_path / "x"), resume="REMOTE", verbose=0)

@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "get_checkpoint": "tunekit_core.session",
     "checkpoint_dir": "tunekit_core.session",
     "Checkpoint": "tunekit_core.checkpoint",
+    "SyncConfig": "tunekit_core.sync",
     # search spaces
     "uniform": "tunekit_core.space",
     "quniform": "tunekit_core.space",
@@ -70,7 +71,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = frozenset(
     {
         "analysis", "callback", "error", "experiment", "logger", "progress_reporter",
-        "schedulers", "search", "stopper", "trainable",
+        "schedulers", "search", "stopper", "sync", "trainable",
     }
 )
 

@@ -30,6 +30,7 @@ class Checkpoint:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
+        self._owned_temp = False
 
     @classmethod
     def from_directory(cls, path: str | os.PathLike) -> Checkpoint:
@@ -47,7 +48,9 @@ class Checkpoint:
         path = tempfile.mkdtemp(prefix="tunekit-checkpoint-")
         with open(os.path.join(path, _DICT_FILE), "wb") as f:
             pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
-        return cls(path)
+        checkpoint = cls(path)
+        checkpoint._owned_temp = True  # reporting it moves the directory (no leftover)
+        return checkpoint
 
     def to_dict(self) -> dict:
         """The dict stored with :meth:`from_dict` (or by a class trainable's ``save_checkpoint``)."""
@@ -112,7 +115,11 @@ def persist_checkpoint(source: str, trial_dir: str, iteration: int, metadata: di
         write_metadata(final, metadata)
         return final
     if move:
-        os.rename(source, tmp)
+        try:
+            os.rename(source, tmp)
+        except OSError:  # another filesystem (e.g. a tmpfs /tmp): copy, then delete
+            shutil.copytree(source, tmp)
+            shutil.rmtree(source, ignore_errors=True)
     else:
         shutil.copytree(source, tmp)
     write_metadata(tmp, metadata)

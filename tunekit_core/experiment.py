@@ -153,7 +153,13 @@ class Experiment:
         self.checkpoint_score_attr = checkpoint_score_attr
         self.export_formats = list(export_formats) if export_formats else None
         self.restore = os.path.abspath(os.path.expanduser(os.fspath(restore))) if restore else None
-        not_implemented_yet("sync_config", sync_config, None)
+        if sync_config is not None:
+            from .sync import SyncConfig
+
+            if not isinstance(sync_config, SyncConfig):
+                raise TypeError(
+                    f"sync_config must be a tunekit.SyncConfig, got {type(sync_config).__name__}."
+                )
         self.sync_config = sync_config
 
         if isinstance(run, str):

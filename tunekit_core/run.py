@@ -201,6 +201,12 @@ def run(
         trial_executor = LocalExecutor(reuse_actors=reuse_actors)
 
     callbacks = _default_callbacks(list(callbacks or []), loggers, registry)
+    if experiments[0].sync_config is not None:
+        from .sync import make_syncer_callback
+
+        syncer = make_syncer_callback(experiments[0].sync_config, experiment_dir, experiments[0].name)
+        if syncer is not None:
+            callbacks.append(syncer)
     from .hooks import make_plugin_manager
 
     plugin_manager = make_plugin_manager(callbacks)
@@ -300,6 +306,15 @@ def run(
         loop.restore_state(resume_state, errored="restart" if resume_mode == "ERRORED_ONLY" else None)
         logger.info("Resumed the experiment in %s (%d trials).", experiment_dir, len(loop.get_trials()))
     else:
+        # A fresh run never shares a database with an earlier run (even in the same second).
+        base = loop._state_timestamp
+        suffix = 0
+        while any(
+            os.path.exists(os.path.join(experiment_dir, f"experiment_state-{loop._state_timestamp}{ext}"))
+            for ext in (".db", ".json")
+        ):
+            suffix += 1
+            loop._state_timestamp = f"{base}_{suffix}"
         loop.store = StateStore(experiment_dir, loop._state_timestamp)
 
     restore_handler = _install_sigint_handler(loop)
@@ -357,10 +372,14 @@ def _load_resume_state(mode: str, experiment_dir: str, experiment: Experiment):
     from .state_store import load_database
 
     if mode == "REMOTE":
-        raise NotImplementedError(
-            "resume='REMOTE' needs sync_config, which is not implemented in this tunekit version; "
-            "copy the experiment directory locally and use resume=True."
-        )
+        from .sync import download_experiment
+
+        if experiment.sync_config is None or not experiment.sync_config.upload_dir:
+            raise ValueError(
+                "resume='REMOTE' downloads the experiment from sync_config.upload_dir; pass "
+                "sync_config=tunekit.SyncConfig(upload_dir=...)."
+            )
+        download_experiment(experiment.sync_config, experiment_dir, experiment.name)
     state = load_database(experiment_dir)
     if state is None:
         if mode == "AUTO":

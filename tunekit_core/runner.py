@@ -127,6 +127,7 @@ class RunLoop:
         self._dirty: dict[Trial, None] = {}
         self._urgent = False  # a status or checkpoint changed: commit at the end of this step
         self._searchers_dirty = True
+        self._prune_after_commit: list[str] = []
         self._last_commit = 0.0
         self._last_scheduler_save = 0.0
         self.start_time = time.time()
@@ -365,8 +366,14 @@ class RunLoop:
     def _register_checkpoint(self, trial: Trial, path: str, iteration: int, result: dict | None) -> None:
         self._dirty[trial] = None
         self._urgent = True
-        for stale in trial.checkpoint_manager.add(path, iteration, result):
-            shutil.rmtree(stale, ignore_errors=True)
+        stale = trial.checkpoint_manager.add(path, iteration, result)
+        if self.store is None:
+            for old in stale:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            # Deleted once the saved state no longer lists them, so a resume after a
+            # crash never points at a checkpoint that is gone.
+            self._prune_after_commit.extend(stale)
         self._hook.tunekit_on_checkpoint(
             trial=trial, checkpoint=Checkpoint(path), iteration=self._iteration, trials=self._trials
         )
@@ -611,14 +618,22 @@ class RunLoop:
         executor = self.trial_executor
         while executor.num_busy():
             for event in executor.wait(1.0):
-                if event[0] == "done":
-                    self._on_done(event[1], event[2])
+                if event[0] != "done":
+                    continue
+                trial, info = event[1], event[2]
+                if self.interrupted and trial.status == RUNNING:
+                    # Interrupted, not finished: it stays RUNNING so a resume continues it;
+                    # only a last checkpoint it saved is kept.
+                    if info and info.get("checkpoint"):
+                        self._register_checkpoint(trial, info["checkpoint"], info["iteration"], None)
+                    continue
+                self._on_done(trial, info)
 
     def finish(self) -> None:
-        """Flush hooks, save the final state and print the final report."""
-        self._hook.tunekit_on_experiment_end(trials=self._trials)
+        """Save the final state, then tell the hooks (loggers close, syncers upload it all)."""
         self._maybe_save_state(force=True)
         self.write_snapshot()
+        self._hook.tunekit_on_experiment_end(trials=self._trials)
         if self.store is not None:
             self.store.close()
         self._maybe_report(force=True, done=True)
@@ -710,6 +725,10 @@ class RunLoop:
         self._dirty.clear()
         self._urgent = False
         self._last_commit = now
+        if self._prune_after_commit:
+            for old in self._prune_after_commit:
+                shutil.rmtree(old, ignore_errors=True)
+            self._prune_after_commit.clear()
         store.maybe_backup(_BACKUP_PERIOD_S, force=force)
 
     def write_snapshot(self) -> None:
@@ -818,9 +837,14 @@ class RunLoop:
         trial.checkpoint_manager = TrialCheckpoints(
             experiment.keep_checkpoints_num, experiment.checkpoint_score_attr
         )
-        trial.checkpoint_manager.load_state(
-            [{**e, "path": self._absolute(e["path"])} for e in record.get("checkpoints") or []]
-        )
+        entries = [{**e, "path": self._absolute(e["path"])} for e in record.get("checkpoints") or []]
+        missing = [e["path"] for e in entries if not os.path.isdir(e["path"])]
+        if missing:
+            logger.warning(
+                "Trial %s: %d saved checkpoint(s) no longer exist (%s); continuing from the "
+                "latest one that does.", record["trial_id"], len(missing), ", ".join(missing)
+            )
+        trial.checkpoint_manager.load_state([e for e in entries if os.path.isdir(e["path"])])
         return trial
 
     def _absolute(self, path: str | None) -> str | None:

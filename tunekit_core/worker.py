@@ -71,8 +71,8 @@ class _Session:
 
     def attach_checkpoint(self, result: dict, checkpoint: Checkpoint | None) -> None:
         """Persist a reported checkpoint into the trial directory and tag the result with it."""
-        move = checkpoint is None
-        source = self.pending_checkpoint if move else checkpoint.path
+        move = checkpoint is None or getattr(checkpoint, "_owned_temp", False)
+        source = self.pending_checkpoint if checkpoint is None else checkpoint.path
         self.pending_checkpoint = None
         iteration = result["training_iteration"]
         path = persist_checkpoint(
@@ -349,7 +349,7 @@ class Worker:
             session.pending_checkpoint,
             session.logdir,
             iteration,
-            {"iteration": iteration, "time_total_s": 0.0},
+            {"iteration": iteration, "time_total_s": session.clock.time_total()},
             move=True,
         )
         session.pending_checkpoint = None
