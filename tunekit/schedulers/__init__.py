@@ -18,6 +18,13 @@ __all__ = ["FIFOScheduler", "TrialScheduler", "create_scheduler"]
 # Adding a scheduler class is one line here (and one in __all__).
 _LAZY: dict[str, tuple[str, str]] = {
     "FIFOScheduler": ("tunekit_fifo", "tunekit-fifo"),
+    "AsyncHyperBandScheduler": ("tunekit_hyperband", "tunekit-hyperband"),
+    "ASHAScheduler": ("tunekit_hyperband", "tunekit-hyperband"),
+    "HyperBandScheduler": ("tunekit_hyperband", "tunekit-hyperband"),
+    "HyperBandForBOHB": ("tunekit_hyperband", "tunekit-hyperband"),
+    "MedianStoppingRule": ("tunekit_hyperband", "tunekit-hyperband"),
+    "ResourceChangingScheduler": ("tunekit_hyperband", "tunekit-hyperband"),
+    "DistributeResources": ("tunekit_hyperband", "tunekit-hyperband"),
 }
 
 
