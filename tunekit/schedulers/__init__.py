@@ -18,6 +18,9 @@ __all__ = ["FIFOScheduler", "TrialScheduler", "create_scheduler"]
 # Adding a scheduler class is one line here (and one in __all__).
 _LAZY: dict[str, tuple[str, str]] = {
     "FIFOScheduler": ("tunekit_fifo", "tunekit-fifo"),
+    "PopulationBasedTraining": ("tunekit_pbt", "tunekit-pbt"),
+    "PopulationBasedTrainingReplay": ("tunekit_pbt", "tunekit-pbt"),
+    "PB2": ("tunekit_pbt", "tunekit-pbt"),
     "AsyncHyperBandScheduler": ("tunekit_hyperband", "tunekit-hyperband"),
     "ASHAScheduler": ("tunekit_hyperband", "tunekit-hyperband"),
     "HyperBandScheduler": ("tunekit_hyperband", "tunekit-hyperband"),
