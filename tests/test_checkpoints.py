@@ -304,3 +304,35 @@ def test_reported_dict_checkpoints_leave_no_temporary_directories(tmp_path, monk
     monkeypatch.setenv("TMPDIR", str(scratch))  # where the worker's from_dict dirs are made
     run(dict_checkpoints, tmp_path, name="leak")
     assert list(scratch.iterdir()) == []
+
+
+def test_truncate_results_keeps_rows_up_to_the_restart_point(tmp_path):
+    from tunekit_core.result_files import truncate_results
+
+    def write(iterations, partial=False):
+        with open(tmp_path / "result.json", "w") as f:
+            for i in iterations:
+                f.write(json.dumps({"training_iteration": i}) + "\n")
+            if partial:
+                f.write('{"training_iteration": 9')
+        with open(tmp_path / "progress.csv", "w") as f:
+            f.write("loss,training_iteration\n")
+            for i in iterations:
+                f.write(f"0.5,{i}\n")
+
+    def kept():
+        rows = [json.loads(line)["training_iteration"] for line in open(tmp_path / "result.json")]
+        csv_rows = open(tmp_path / "progress.csv").read().splitlines()
+        assert csv_rows[0] == "loss,training_iteration"
+        assert [int(r.split(",")[1]) for r in csv_rows[1:]] == rows
+        return rows
+
+    write(range(1, 11), partial=True)
+    truncate_results(str(tmp_path), 7)
+    assert kept() == [1, 2, 3, 4, 5, 6, 7]
+    # after an exploit the trial counted again from the donor's checkpoint (3):
+    write([1, 2, 3, 4, 5, 6, 3, 4, 5, 6, 7, 8])
+    truncate_results(str(tmp_path), 5)
+    assert kept() == [1, 2, 3, 4, 5, 6, 3, 4, 5]
+    truncate_results(str(tmp_path), 0)
+    assert kept() == []

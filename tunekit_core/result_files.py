@@ -13,9 +13,9 @@ PROGRESS_FILE = "progress.csv"
 def truncate_results(trial_dir: str | None, iteration: int) -> None:
     """Cut ``result.json`` and ``progress.csv`` after the row of ``iteration``.
 
-    Rows are appended in iteration order, so the rows to keep are a prefix of the
-    file: truncating in place at that byte offset also works while a logger still
-    holds the file open in append mode. A half-written last line goes too.
+    The rows to keep are a prefix of the file (everything up to the last row at or
+    below ``iteration``): truncating in place at that byte offset also works while a
+    logger still holds the file open in append mode. A half-written last line goes too.
     """
     if not trial_dir:
         return
@@ -58,12 +58,17 @@ def _truncate(path: str, iteration: int, parse, has_header: bool) -> None:
             except (ValueError, IndexError, StopIteration):
                 return None
 
-    for line in lines[start:]:
-        if not line.endswith(b"\n"):
-            break  # a line cut short by a crash
-        value = parse(line)
-        if value is None or value > iteration:
+    # Drop rows from the end back to the last one at or below ``iteration``: rows are
+    # appended in order, but a trial restored from another trial's checkpoint (PBT)
+    # starts counting again from that checkpoint, so the file need not be sorted.
+    body = lines[start:]
+    cut = len(body)
+    while cut > 0:
+        line = body[cut - 1]
+        value = parse(line) if line.endswith(b"\n") else None  # a line cut short by a crash
+        if value is not None and value <= iteration:
             break
-        keep += len(line)
+        cut -= 1
+    keep += sum(len(line) for line in body[:cut])
     if keep != len(data):
         os.truncate(path, keep)

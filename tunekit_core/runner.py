@@ -455,6 +455,8 @@ class RunLoop:
             if decision == PAUSE:
                 self.pause_trial(trial)
                 return
+            if trial.status != RUNNING:
+                return  # the scheduler paused or stopped it itself (NOOP): no ack, no more rows
         self._dirty[trial] = None
         self.trial_executor.ack(trial, processed)
 
