@@ -666,6 +666,22 @@ def test_resource_changing_rejects_mixed_base_resources_and_saves_state(tmp_path
     assert restored.base_trial_resources == PlacementGroupFactory([{"CPU": 1.0}])
 
 
+def test_resource_changing_refuses_reuse_actors_and_none_changes_nothing():
+    rcs = ResourceChangingScheduler()
+    runner = FakeRunner(rcs)
+    runner._reuse_actors = True
+    runner.add(1)
+    with pytest.raises(ValueError, match="reuse_actors"):
+        rcs.choose_trial_to_run(runner)
+    with pytest.warns(UserWarning, match="never changes"):
+        idle = ResourceChangingScheduler(resources_allocation_function=None)
+    runner = FakeRunner(idle, cpus=8)
+    (trial,) = runner.add(1)
+    runner.start_all()
+    assert runner.report(trial, 1, 1.0) == CONTINUE
+    assert trial.resources == {"CPU": 1.0}
+
+
 # -- names, facades, missing plugin -------------------------------------------------------
 
 
@@ -955,3 +971,64 @@ def test_resource_changing_real_run_restarts_with_new_resources(tmp_path, quick_
         assert [r["cpus"] for r in history] == [1, 1, 1, 2, 2, 2]
         assert [r["resumed_from"] for r in history] == [0, 0, 0, 3, 3, 3]
         assert trial.placement_group_factory.required_resources == {"CPU": 2.0}
+
+
+# -- resume: a killed driver continues the HyperBand brackets -------------------------------
+
+RESUME_DRIVER = '''
+import os, signal, sys
+import tunekit as tune
+from tunekit.schedulers import HyperBandScheduler
+
+OUT = sys.argv[1]
+
+def train(config):
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        start = checkpoint.to_dict()["i"]
+    for i in range(start + 1, 10):
+        marker = os.path.join(OUT, "killed")
+        if start == 3 and i == 5 and not os.path.exists(marker):
+            # a promoted trial is half-way: the driver dies (once)
+            open(marker, "w").close()
+            os.kill(os.getppid(), signal.SIGKILL)
+        tune.report({"score": config["x"] * i, "resumed_from": start},
+                    checkpoint=tune.Checkpoint.from_dict({"i": i}))
+
+analysis = tune.run(
+    train,
+    name="hb",
+    local_dir=OUT,
+    config={"x": tune.grid_search([0.5, 0.4, 0.3, 0.9, 0.2, 0.8, 0.1, 0.7])},
+    metric="score",
+    mode="max",
+    scheduler=HyperBandScheduler(max_t=9, reduction_factor=3),
+    resume="AUTO",
+    verbose=0,
+)
+print("DONE", sorted((t.config["x"], t.last_result["training_iteration"])
+                     for t in analysis.trials), flush=True)
+'''
+
+
+def test_hyperband_killed_driver_resumes_its_brackets(tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(RESUME_DRIVER)
+    env = dict(os.environ, TUNEKIT_STATE_SAVE_PERIOD_S="0", TUNEKIT_NUM_CPUS="2",
+               TUNEKIT_STOP_GRACE_S="5")
+    first = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                           text=True, env=env, timeout=120)
+    assert first.returncode == -9, first.stderr  # killed by its trial
+    assert (tmp_path / "killed").exists()
+    second = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert second.returncode == 0, second.stderr
+    # the same outcome as without the kill: bracket 0 (x=.5, .4, .3) runs to 9; in bracket 1
+    # (x=.9, .2, .8, .1, .7) the best two at 3 (.9, .8) go on to 9
+    expected = [(0.1, 3), (0.2, 3), (0.3, 9), (0.4, 9), (0.5, 9), (0.7, 3), (0.8, 9), (0.9, 9)]
+    assert f"DONE {expected}" in second.stdout
+    analysis = tune.ExperimentAnalysis(str(tmp_path / "hb"))
+    for trial in analysis.trials:
+        last = trial.last_result["training_iteration"]
+        assert [r["training_iteration"] for r in rows(trial)] == list(range(1, last + 1))
