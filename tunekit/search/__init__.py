@@ -10,11 +10,24 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from tunekit_core.repeater import Repeater
 from tunekit_core.searcher import ConcurrencyLimiter, Searcher
 
-__all__ = ["Searcher", "ConcurrencyLimiter", "BasicVariantGenerator", "create_searcher"]
+__all__ = [
+    "Searcher",
+    "ConcurrencyLimiter",
+    "Repeater",
+    "BasicVariantGenerator",
+    "OptunaSearch",
+    "HyperOptSearch",
+    "create_searcher",
+]
 
-_PLUGIN_EXPORTS = {"BasicVariantGenerator": ("tunekit_basic_search", "tunekit-basic-search")}
+_PLUGIN_EXPORTS = {
+    "BasicVariantGenerator": ("tunekit_basic_search", "tunekit-basic-search"),
+    "OptunaSearch": ("tunekit_optuna", "tunekit-optuna"),
+    "HyperOptSearch": ("tunekit_hyperopt", "tunekit-hyperopt"),
+}
 
 
 def create_searcher(search_alg: str, /, **kwargs: Any) -> Searcher:
@@ -49,3 +62,5 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from tunekit_basic_search import BasicVariantGenerator  # noqa: F401
+    from tunekit_hyperopt import HyperOptSearch  # noqa: F401
+    from tunekit_optuna import OptunaSearch  # noqa: F401
