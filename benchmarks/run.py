@@ -48,7 +48,7 @@ W5_TRIALS = 2000
 W5_SMALL_TRIALS = 500
 # --quick scales Ray's default configuration (reuse_actors=False, ~0.4 trials/s here) down.
 QUICK_RAY_DEFAULT_W2_TRIALS = 50
-QUICK_RAY_DEFAULT_W5_TRIALS = 200
+QUICK_RAY_DEFAULT_W5_TRIALS = 100
 RUN_TIMEOUT_S = 4 * 3600
 
 
@@ -230,12 +230,29 @@ def kill_leftovers(tag: str, marker: str | None) -> list[str]:
 
 
 def run_script(script: str, framework: str, extra: list[str], *, monitor: bool = False,
-               timeout: float = RUN_TIMEOUT_S) -> dict[str, Any]:
+               timeout: float = RUN_TIMEOUT_S, retries: int = 1) -> dict[str, Any]:
     """Run ``workloads/<script>`` for ``framework`` in a fresh subprocess and parse its result.
 
     Returns the script's ``BENCH_RESULT`` dict plus ``process_wall_s`` (the whole process, timed
-    around ``subprocess``), and, with ``monitor``, the memory peaks in MiB.
+    around ``subprocess``), and, with ``monitor``, the memory peaks in MiB. A run that fails
+    (for example Ray's "node timed out during startup" on a busy machine) is retried
+    ``retries`` times; the result then says so under ``retried_after``.
     """
+    failures: list[str] = []
+    for _ in range(retries + 1):
+        result = _run_script_once(script, framework, extra, monitor=monitor, timeout=timeout)
+        if "error" not in result:
+            if failures:
+                result["retried_after"] = [f.splitlines()[-1] for f in failures]
+            return result
+        failures.append(result["error"])
+        print(f"    run failed, {'retrying' if len(failures) <= retries else 'giving up'}: "
+              f"{result['error'].splitlines()[-1]}", flush=True)
+    return result
+
+
+def _run_script_once(script: str, framework: str, extra: list[str], *, monitor: bool,
+                     timeout: float) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:10]
     ray_tmp = f"/tmp/rbt_{tag}" if framework in RAY_FRAMEWORKS else None
     env = dict(os.environ, BENCH_TAG=tag, PYTHONUNBUFFERED="1")
@@ -244,6 +261,8 @@ def run_script(script: str, framework: str, extra: list[str], *, monitor: bool =
     cmd = [sys.executable, str(WORKLOADS_DIR / script), "--framework", framework, *extra]
     if ray_tmp:
         cmd += ["--ray-temp-dir", ray_tmp]
+    load_before = os.getloadavg()[0]
+    cpu_before = psutil.cpu_times()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)
@@ -258,6 +277,8 @@ def run_script(script: str, framework: str, extra: list[str], *, monitor: bool =
         stdout, stderr = proc.communicate()
         timed_out = True
     process_wall = time.perf_counter() - t0
+    cpu_after = psutil.cpu_times()
+    load_after = os.getloadavg()[0]
     peaks = mon.stop() if mon else None
     leftovers = kill_leftovers(tag, ray_tmp)
     if ray_tmp:
@@ -272,6 +293,11 @@ def run_script(script: str, framework: str, extra: list[str], *, monitor: bool =
         why = f"timed out after {timeout:.0f} s" if timed_out else f"exit code {proc.returncode}"
         return {"error": f"{script} --framework {framework} {' '.join(extra)}: {why}\n{tail}"}
     result["process_wall_s"] = process_wall
+    # How busy the whole machine was (this run included): other work skews every figure.
+    total = sum(cpu_after) - sum(cpu_before)
+    idle = (cpu_after.idle + cpu_after.iowait) - (cpu_before.idle + cpu_before.iowait)
+    result["machine_cpu_busy"] = (total - idle) / total if total > 0 else None
+    result["loadavg_1m"] = [round(load_before, 2), round(load_after, 2)]
     if leftovers:
         result["leftover_processes_killed"] = len(leftovers)
     if peaks is not None:
@@ -296,7 +322,7 @@ def w1(framework: str, quick: bool) -> dict[str, Any]:
     if errors:
         return {"error": errors[0]}
     walls = [r["process_wall_s"] for r in runs]
-    return {"value": statistics.median(walls), "unit": "s", "runs_s": walls}
+    return {"value": statistics.median(walls), "unit": "s", "runs_s": walls, "runs": runs}
 
 
 def w2(framework: str, quick: bool) -> dict[str, Any]:
@@ -443,6 +469,110 @@ def fmt_value(name: str, r: dict[str, Any]) -> str:
     return str(v)
 
 
+def _short_value(name: str, r: dict[str, Any] | None) -> str:
+    if not r:
+        return "not run"
+    if "error" in r:
+        return "ERROR"
+    v = r["value"]
+    mark = " \\*" if r.get("note") else ""
+    if r.get("from_baseline"):
+        mark += " \\†"
+    if name == "W1":
+        return f"{v:.2f} s{mark}"
+    if name == "W2":
+        return f"{v:,.1f} trials/s{mark}"
+    if name == "W3":
+        return f"{v:,.0f} results/s{mark}"
+    if name == "W4":
+        return f"{v:.3f}{mark}"
+    return f"tree {v:,.0f} MiB, driver {r['driver_peak_rss_mb']:,.0f} MiB{mark}"
+
+
+def _ratio(name: str, tk: dict[str, Any] | None, other: dict[str, Any] | None) -> str:
+    if not tk or not other or "value" not in tk or "value" not in other:
+        return "—"
+    t, v = tk["value"], other["value"]
+    if name == "W1":
+        return f"{v / t:.1f}x faster ({_ok(t <= v / 8)})"
+    if name in ("W2", "W3"):
+        need = 10 if name == "W2" else 30
+        return f"{t / v:.1f}x ({_ok(t >= need * v)})"
+    if name == "W4":
+        return f"{t - v:+.3f}"
+    return f"tree {v / t:.1f}x smaller ({_ok(t * 5 <= v)})"
+
+
+TARGETS = {
+    "W1": "<= 1/8 of Ray's time",
+    "W2": ">= 10x Ray's rate",
+    "W3": ">= 20,000 results/s and >= 30x Ray",
+    "W4": ">= 0.97",
+    "W5": "tree <= 1/5 of Ray's",
+}
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The results as a Markdown table (one row per workload), with footnotes."""
+    lines = [
+        "| workload | tunekit | Ray, reuse_actors=True | Ray, default (reuse_actors=False) "
+        "| tunekit vs Ray reuse | tunekit vs Ray default | target |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    notes: list[str] = []
+    baselines: set[str] = set()
+    for name, entry in report["workloads"].items():
+        res = entry["results"]
+        tk = res.get("tunekit")
+        target = TARGETS[name]
+        if name == "W3" and tk and "value" in tk:
+            target += f" ({_ok(tk['value'] >= 20000)} absolute)"
+        if name == "W4" and tk and "value" in tk:
+            target += f" ({_ok(tk['value'] >= 0.97)})"
+        lines.append(
+            f"| {name} {TITLES[name]} | {_short_value(name, tk)} "
+            f"| {_short_value(name, res.get('ray'))} | {_short_value(name, res.get('ray-default'))} "
+            f"| {_ratio(name, tk, res.get('ray'))} | {_ratio(name, tk, res.get('ray-default'))} "
+            f"| {target} |")
+        if name == "W5" and tk and "driver_growth" in tk:
+            g = tk["driver_growth"]
+            lines.append(
+                f"| W5 tunekit driver peak RSS, {W5_SMALL_TRIALS} -> {W5_TRIALS} trials "
+                f"| {tk['driver_peak_rss_small_mb']:.1f} -> {tk['driver_peak_rss_mb']:.1f} MiB "
+                f"({g * 100:+.1f}%) | | | | | <= +20% ({_ok(g <= 0.20)}) |")
+        for fw, r in res.items():
+            if r.get("note"):
+                notes.append(f"\\* {name} {fw}: {r['note']}")
+            if r.get("from_baseline"):
+                baselines.add(r["from_baseline"])
+    env = report["environment"]
+    out = "\n".join(lines)
+    if notes:
+        out += "\n\n" + "\n\n".join(notes)
+    for b in sorted(baselines):
+        out += f"\n\n† measured in an earlier invocation: {b}"
+    out += (f"\n\nMachine: {env['cpus']} CPUs, {env['memory_gib']} GiB, Python {env['python']}, "
+            f"Ray {env.get('ray')}, tunekit at {env.get('tunekit_commit')}, {env['date']}.\n")
+    return out
+
+
+def load_baselines(paths: list[str], workloads: list[str],
+                   frameworks: list[str]) -> dict[str, dict[str, Any]]:
+    """Figures for frameworks not run now, from earlier ``--json`` files (labelled as such)."""
+    loaded: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        label = f"{path} ({data['environment'].get('date')}, quick={data.get('quick')})"
+        for name, entry in data["workloads"].items():
+            if name not in workloads:
+                continue
+            for fw, r in entry["results"].items():
+                if fw in frameworks or "value" not in r:
+                    continue
+                loaded.setdefault(name, {})[fw] = dict(r, from_baseline=label)
+    return loaded
+
+
 def environment() -> dict[str, Any]:
     info: dict[str, Any] = {
         "python": platform.python_version(),
@@ -477,6 +607,11 @@ def main(argv: list[str] | None = None) -> int:
                              f"{QUICK_RAY_DEFAULT_W2_TRIALS} trials (rate extrapolated), "
                              f"W5 {QUICK_RAY_DEFAULT_W5_TRIALS} trials")
     parser.add_argument("--json", dest="json_path", help="write all figures to this JSON file")
+    parser.add_argument("--markdown", dest="markdown_path",
+                        help="write the results table (Markdown) to this file")
+    parser.add_argument("--baseline", action="append", default=[], metavar="JSON",
+                        help="take figures of frameworks NOT run now from an earlier --json file "
+                             "(labelled as such in the output; may be repeated)")
     args = parser.parse_args(argv)
 
     workloads = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
@@ -488,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         if f not in ALL_FRAMEWORKS:
             parser.error(f"unknown framework {f!r}; expected some of {', '.join(ALL_FRAMEWORKS)}")
 
+    baseline = load_baselines(args.baseline, workloads, frameworks)
     report: dict[str, Any] = {"environment": environment(), "quick": args.quick, "workloads": {}}
     print(f"# environment: {json.dumps(report['environment'])}", flush=True)
     failed = False
@@ -502,6 +638,11 @@ def main(argv: list[str] | None = None) -> int:
                      "ray-default": "ray-default (reuse_actors=False)"}.get(f, f)
             print(f"  {label:34s} {fmt_value(w, r)}   [{time.perf_counter() - t0:.0f} s]",
                   flush=True)
+            raw = r.get("raw", r.get("runs", [{}])[0] if r.get("runs") else {})
+            if raw.get("loadavg_1m"):
+                print(f"  {'':34s} machine: CPU busy {raw['machine_cpu_busy'] * 100:.0f}%, "
+                      f"load avg (1 min) {raw['loadavg_1m'][0]} -> {raw['loadavg_1m'][1]}",
+                      flush=True)
             if r.get("note"):
                 print(f"  {'':34s} note: {r['note']}", flush=True)
             if "error" in r:
@@ -510,12 +651,19 @@ def main(argv: list[str] | None = None) -> int:
             if w == "W5" and "raw" in r:
                 print(f"  {'':34s} tree at peak: " + "; ".join(r["raw"]["tree_at_peak"][:6]),
                       flush=True)
+        for f, r in baseline.get(w, {}).items():
+            res[f] = r
+            print(f"  {f:34s} {fmt_value(w, r)}   [from {r['from_baseline']}]", flush=True)
         comparison = compare(w, res)
         for line in comparison:
             print(line, flush=True)
         report["workloads"][w] = {"results": res, "comparison": comparison}
         if args.json_path:  # write as we go, so a long run leaves partial figures behind
             Path(args.json_path).write_text(json.dumps(report, indent=2))
+    table = markdown_table(report)
+    print("\n" + table, flush=True)
+    if args.markdown_path:
+        Path(args.markdown_path).write_text(table)
     return 1 if failed else 0
 
 
