@@ -1,0 +1,540 @@
+"""The Ray executor plugin on a real Ray cluster of separate nodes on loopback.
+
+A module-scoped fixture starts the cluster with the ``ray`` command line: a head
+node at 127.0.0.2 and a worker node at 127.0.0.3, one CPU each (the worker also
+has the custom resource ``side``), under a private temporary directory, with
+token authentication off (``RAY_AUTH_MODE=disabled``) and a short node health
+check so that a killed node is noticed within seconds. Its processes are stopped
+by pid at the end, whatever the tests did (``ray stop`` would stop every Ray
+session on the machine).
+
+The tests run in file order: the last ones kill the worker node and add another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("tunekit_ray")
+pytest.importorskip("ray")
+
+from tunekit_ray import (  # noqa: E402
+    RayExecutor,
+    _transfer,  # noqa: E402
+    run_remote,
+)
+from tunekit_ray.cluster import LoopbackCluster  # noqa: E402
+from tunekit_ray.executor import _place  # noqa: E402
+
+import tunekit  # noqa: E402
+from tunekit import Callback  # noqa: E402
+from tunekit.schedulers import FIFOScheduler  # noqa: E402
+from tunekit_core.resources import PlacementGroupFactory  # noqa: E402
+
+HEAD = "127.0.0.2"
+WORKER = "127.0.0.3"
+JOINER = "127.0.0.4"
+
+# Node health checks every 0.5 s, declared dead after 3 misses (Ray's default is ~30 s).
+_FAST_HEALTH = {
+    "RAY_health_check_initial_delay_ms": "500",
+    "RAY_health_check_period_ms": "500",
+    "RAY_health_check_timeout_ms": "500",
+    "RAY_health_check_failure_threshold": "3",
+}
+
+
+# -- no cluster needed ----------------------------------------------------------------------
+def test_placement_simulation_follows_the_strategies():
+    view = {"a": {"CPU": 2.0}, "b": {"CPU": 1.0, "GPU": 1.0}}
+    assert _place({k: dict(v) for k, v in view.items()}, [{"CPU": 1}, {"CPU": 1}], "STRICT_PACK") == ["a", "a"]
+    assert _place({k: dict(v) for k, v in view.items()}, [{"CPU": 1}] * 3, "STRICT_PACK") is None
+    assert _place({k: dict(v) for k, v in view.items()}, [{"CPU": 1}] * 3, "PACK") == ["a", "a", "b"]
+    assert _place({k: dict(v) for k, v in view.items()}, [{"CPU": 1}] * 2, "STRICT_SPREAD") == ["a", "b"]
+    assert _place({k: dict(v) for k, v in view.items()}, [{"CPU": 1}] * 3, "STRICT_SPREAD") is None
+    assert _place({k: dict(v) for k, v in view.items()}, [{"CPU": 1, "GPU": 0.5}], "PACK") == ["b"]
+    assert _place({k: dict(v) for k, v in view.items()}, [{"side": 1}], "PACK") is None
+    consumed = {k: dict(v) for k, v in view.items()}
+    assert _place(consumed, [{"CPU": 2}], "PACK") == ["a"]
+    assert consumed["a"]["CPU"] == 0.0  # a successful placement is deducted
+
+
+def test_transferred_checkpoints_and_files_are_installed_atomically(tmp_path):
+    source = tmp_path / "node" / "checkpoint_000002"
+    source.mkdir(parents=True)
+    (source / "model.bin").write_bytes(b"weights")
+    (source / "sub").mkdir()
+    (source / "sub" / "a.txt").write_text("a")
+    trial_dir = tmp_path / "driver" / "trial"
+    trial_dir.mkdir(parents=True)
+    blob = _transfer.pack_directory(str(source))
+    path = _transfer.install_checkpoint(blob, str(trial_dir), "checkpoint_000002")
+    assert path == str(trial_dir / "checkpoint_000002")
+    assert (trial_dir / "checkpoint_000002" / "model.bin").read_bytes() == b"weights"
+    assert (trial_dir / "checkpoint_000002" / "sub" / "a.txt").read_text() == "a"
+    # the same iteration again (a retry) replaces it; nothing temporary is left behind
+    (source / "model.bin").write_bytes(b"better")
+    _transfer.install_checkpoint(_transfer.pack_directory(str(source)), str(trial_dir), "checkpoint_000002")
+    assert (trial_dir / "checkpoint_000002" / "model.bin").read_bytes() == b"better"
+    assert sorted(os.listdir(trial_dir)) == ["checkpoint_000002"]
+    with pytest.raises(ValueError):
+        _transfer.install_checkpoint(blob, str(trial_dir), "../escape")
+    # trial files: logs are appended, other files replaced
+    staged = tmp_path / "node" / "trial"
+    staged.mkdir()
+    (staged / "stdout").write_text("second run\n")
+    (staged / "artifact.txt").write_text("new")
+    (trial_dir / "stdout").write_text("first run\n")
+    (trial_dir / "artifact.txt").write_text("old")
+    _transfer.merge_files(_transfer.pack_directory(str(staged)), str(trial_dir), frozenset({"stdout"}))
+    assert (trial_dir / "stdout").read_text() == "first run\nsecond run\n"
+    assert (trial_dir / "artifact.txt").read_text() == "new"
+
+
+def test_no_cluster_gives_a_clear_error(monkeypatch):
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("Ray is already initialised in this process")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(RuntimeError, match="RAY_ADDRESS"):
+        RayExecutor()._connect()
+
+
+# -- the cluster ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+
+    cluster = LoopbackCluster(env=_FAST_HEALTH)
+    try:
+        address = cluster.start_head(HEAD, num_cpus=1)
+        cluster.add_node(WORKER, num_cpus=1, resources={"side": 1})
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        ray.init(address=address, _node_ip_address=HEAD, log_to_driver=False)
+        yield cluster
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.stop()
+
+
+def _node_ids() -> dict[str, str]:
+    import ray
+
+    return {n["NodeManagerAddress"]: n["NodeID"] for n in ray.nodes() if n["Alive"]}
+
+
+def _rows(trial) -> list[dict]:
+    with open(os.path.join(trial.local_path, "result.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _spread_train(config):
+    print(f"hello from trial {config['x']}")
+    for i in range(3):
+        tunekit.report(
+            {"score": config["x"] * i, "where": tunekit.get_trial_dir()},
+            checkpoint=tunekit.Checkpoint.from_dict({"x": config["x"], "i": i}),
+        )
+
+
+def test_trials_on_both_nodes_with_checkpoints_in_the_driver_directory(cluster, tmp_path):
+    analysis = tunekit.run(
+        _spread_train,
+        config={"x": tunekit.grid_search([1, 2, 3, 4])},
+        trial_executor=RayExecutor(shared_storage=False),
+        local_dir=str(tmp_path),
+        log_to_file=True,
+        verbose=0,
+    )
+    ids = _node_ids()
+    assert {t.status for t in analysis.trials} == {"TERMINATED"}
+    seen = set()
+    for trial in analysis.trials:
+        rows = _rows(trial)
+        assert [r["training_iteration"] for r in rows] == [1, 2, 3]
+        for row in rows:
+            assert row["node_ip"] in (HEAD, WORKER)
+            assert row["node_id"] == ids[row["node_ip"]]
+            assert row["hostname"] and row["pid"] > 0
+        node = rows[-1]["node_ip"]
+        seen.add(node)
+        # every checkpoint is in the driver's trial directory, whichever node wrote it
+        checkpoint = trial.checkpoint
+        assert os.path.dirname(checkpoint.path) == trial.local_path
+        assert checkpoint.to_dict() == {"x": trial.config["x"], "i": 2}
+        for i in (1, 2, 3):
+            assert os.path.isdir(os.path.join(trial.local_path, f"checkpoint_{i:06d}"))
+        with open(os.path.join(trial.local_path, "stdout")) as f:
+            assert f"hello from trial {trial.config['x']}" in f.read()
+        if node == WORKER:
+            # on the other node the trial wrote into a staging directory there...
+            assert rows[-1]["where"] != trial.local_path
+            assert not os.path.exists(rows[-1]["where"])  # ...emptied once sent
+        else:
+            assert rows[-1]["where"] == trial.local_path
+    assert seen == {HEAD, WORKER}
+
+
+def _group_train(config):
+    import ray
+    from ray.util.placement_group import get_current_placement_group, placement_group_table
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    @ray.remote
+    def where():
+        return ray.util.get_node_ip_address()
+
+    result = {
+        "resources": tunekit.get_trial_resources(),
+        "actor_holds": ray.get_runtime_context().get_assigned_resources(),
+    }
+    group = get_current_placement_group()  # every trial has one
+    table = placement_group_table(group)
+    result["bundles"] = [dict(b) for b in table["bundles"].values()]
+    result["strategy"] = table["strategy"]
+    if len(result["bundles"]) > 1:
+        result["child_node"] = ray.get(
+            where.options(
+                num_cpus=1,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=1),
+            ).remote()
+        )
+    tunekit.report(result)
+
+
+def test_placement_group_bundles_strategy_and_a_custom_resource(cluster, tmp_path):
+    group = PlacementGroupFactory([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD")
+    analysis = tunekit.run(
+        _group_train,
+        resources_per_trial=group,
+        trial_executor="ray",
+        local_dir=str(tmp_path),
+        name="group",
+        verbose=0,
+    )
+    (trial,) = analysis.trials
+    result = trial.last_result
+    assert result["bundles"] == [{"CPU": 1.0}, {"CPU": 1.0}]
+    assert result["strategy"] == "STRICT_SPREAD"
+    # bundle 0 holds the trial's actor, bundle 1 its own task: one on each node
+    assert {result["node_ip"], result["child_node"]} == {HEAD, WORKER}
+
+    # an empty head bundle: the actor holds nothing, the group has the rest
+    analysis = tunekit.run(
+        _group_train,
+        resources_per_trial=PlacementGroupFactory([{}, {"CPU": 1}]),
+        trial_executor="ray",
+        local_dir=str(tmp_path),
+        name="empty_head",
+        verbose=0,
+    )
+    (trial,) = analysis.trials
+    assert trial.last_result["bundles"] == [{"CPU": 1.0}]
+    assert not any(trial.last_result["actor_holds"].values())
+
+    analysis = tunekit.run(
+        _group_train,
+        resources_per_trial={"cpu": 0.5, "custom_resources": {"side": 1}},
+        trial_executor="ray",
+        local_dir=str(tmp_path),
+        name="custom",
+        verbose=0,
+    )
+    (trial,) = analysis.trials
+    assert trial.last_result["node_ip"] == WORKER  # the only node with `side`
+    assert trial.last_result["resources"] == {"CPU": 0.5, "side": 1.0}
+
+
+class _Counter(tunekit.Trainable):
+    instances = 0
+
+    def setup(self, config):
+        type(self).instances += 1
+        self.created = type(self).instances
+        self.value = 0
+
+    def step(self):
+        self.value += self.config["step"]
+        return {"value": self.value, "created": self.created, "ip": self.get_current_ip()}
+
+    def save_checkpoint(self, checkpoint_dir):
+        return {"value": self.value}
+
+    def load_checkpoint(self, state):
+        self.value = state["value"]
+
+    def reset_config(self, new_config):
+        self.value = 0
+        return True
+
+
+def test_class_trainable_reuse_stop_and_checkpoints_on_the_other_node(cluster, tmp_path):
+    analysis = tunekit.run(
+        _Counter,
+        config={"step": tunekit.grid_search([1, 10, 100])},
+        resources_per_trial={"cpu": 1, "side": 1},  # all on the worker node
+        stop={"training_iteration": 3},
+        checkpoint_freq=2,
+        checkpoint_at_end=True,
+        reuse_actors=True,
+        trial_executor=RayExecutor(shared_storage=False, reuse_actors=True),
+        local_dir=str(tmp_path),
+        verbose=0,
+    )
+    trials = sorted(analysis.trials, key=lambda t: t.config["step"])
+    assert [t.last_result["value"] for t in trials] == [3, 30, 300]
+    # one actor, one instance reset for each next trial
+    assert {t.last_result["pid"] for t in trials} == {trials[0].last_result["pid"]}
+    assert [t.last_result["created"] for t in trials] == [1, 1, 1]
+    assert {t.last_result["node_ip"] for t in trials} == {WORKER}
+    assert {t.last_result["ip"] for t in trials} == {WORKER}
+    for trial in trials:
+        names = sorted(n for n in os.listdir(trial.local_path) if n.startswith("checkpoint_"))
+        assert names == ["checkpoint_000002", "checkpoint_000003"]
+        assert trial.checkpoint.path == os.path.join(trial.local_path, "checkpoint_000003")
+        assert trial.checkpoint.to_dict() == {"value": trial.last_result["value"]}
+
+
+class _PauseOnce(FIFOScheduler):
+    supports_buffered_results = False
+
+    def __init__(self):
+        super().__init__()
+        self.paused = set()
+
+    def on_trial_result(self, runner, trial, result):
+        if result["training_iteration"] == 2 and trial.trial_id not in self.paused:
+            self.paused.add(trial.trial_id)
+            return self.PAUSE
+        return self.CONTINUE
+
+
+def test_paused_trials_checkpoint_on_their_node_and_continue(cluster, tmp_path):
+    analysis = tunekit.run(
+        _Counter,
+        config={"step": tunekit.grid_search([1, 10, 100])},
+        scheduler=_PauseOnce(),
+        stop={"training_iteration": 4},
+        trial_executor=RayExecutor(shared_storage=False),
+        local_dir=str(tmp_path),
+        verbose=0,
+    )
+    for trial in analysis.trials:
+        history = [s for s, _ in trial.status_history]
+        assert history == ["PENDING", "RUNNING", "PAUSED", "RUNNING", "TERMINATED"]
+        # 4 steps in all: the last two continued from the state saved at the pause
+        assert trial.last_result["value"] == 4 * trial.config["step"]
+        assert [r["training_iteration"] for r in _rows(trial)] == [1, 2, 3, 4]
+        assert os.path.isdir(os.path.join(trial.local_path, "checkpoint_000002"))
+
+
+def _crash_once(config):
+    start = 0
+    checkpoint = tunekit.get_checkpoint()
+    if checkpoint is not None:
+        start = checkpoint.to_dict()["i"]
+    for i in range(start + 1, 6):
+        if i == 3 and checkpoint is None:
+            os._exit(1)  # the actor's process dies
+        tunekit.report({"i": i}, checkpoint=tunekit.Checkpoint.from_dict({"i": i}))
+
+
+def test_a_dead_actor_fails_its_trial_which_retries_from_its_checkpoint(cluster, tmp_path):
+    analysis = tunekit.run(
+        _crash_once,
+        max_failures=1,
+        trial_executor="ray",
+        local_dir=str(tmp_path),
+        verbose=0,
+    )
+    (trial,) = analysis.trials
+    assert trial.status == "TERMINATED"
+    assert trial.num_failures == 1
+    with open(trial.error_file) as f:
+        assert "Ray actor" in f.read()
+    rows = _rows(trial)
+    assert [r["training_iteration"] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[2]["iterations_since_restore"] == 1  # continued after checkpoint 2
+
+
+_RESUME_MODULE = '''
+import time
+import tunekit
+
+def slow(config):
+    start = 0
+    checkpoint = tunekit.get_checkpoint()
+    if checkpoint is not None:
+        start = checkpoint.to_dict()["i"]
+    for i in range(start + 1, 9):
+        time.sleep(0.2)
+        tunekit.report({"i": i, "started_at": start}, checkpoint=tunekit.Checkpoint.from_dict({"i": i}))
+
+class Announce(tunekit.Callback):
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if checkpoint.get_metadata().get("iteration", 0) >= 3:
+            print("CHECKPOINTED", flush=True)
+'''
+
+
+def test_resume_after_the_driver_is_killed(cluster, tmp_path):
+    (tmp_path / "resume_mod.py").write_text(_RESUME_MODULE)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import tunekit, resume_mod
+        tunekit.run(resume_mod.slow, name="resumed", local_dir={str(tmp_path)!r},
+                    trial_executor="ray", callbacks=[resume_mod.Announce()], verbose=0)
+        """
+    )
+    env = dict(os.environ, RAY_ADDRESS=cluster.address, RAY_AUTH_MODE="disabled")
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        for line in driver.stdout:
+            if "CHECKPOINTED" in line:
+                break
+        driver.kill()  # SIGKILL: no chance to save anything more
+    finally:
+        driver.kill()
+        driver.wait()
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import resume_mod
+
+        analysis = tunekit.run(
+            resume_mod.slow,
+            name="resumed",
+            local_dir=str(tmp_path),
+            resume=True,
+            trial_executor="ray",
+            verbose=0,
+        )
+    finally:
+        sys.path.remove(str(tmp_path))
+    (trial,) = analysis.trials
+    assert trial.status == "TERMINATED"
+    rows = _rows(trial)
+    assert [r["training_iteration"] for r in rows] == list(range(1, 9))
+    assert trial.last_result["started_at"] >= 2  # continued from a saved checkpoint
+
+
+class _KillWorkerNode(Callback):
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.killed = 0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if not self.killed and result["node_ip"] == WORKER and result["training_iteration"] >= 3:
+            self.killed = self.cluster.kill_node(WORKER)
+
+
+def _steady(config):
+    import time
+
+    start = 0
+    checkpoint = tunekit.get_checkpoint()
+    if checkpoint is not None:
+        start = checkpoint.to_dict()["i"]
+    for i in range(start + 1, 9):
+        time.sleep(0.25)
+        tunekit.report({"i": i}, checkpoint=tunekit.Checkpoint.from_dict({"i": i}))
+
+
+def test_a_killed_worker_node_fails_its_trials_which_recover_on_the_head(cluster, tmp_path):
+    killer = _KillWorkerNode(cluster)
+    analysis = tunekit.run(
+        _steady,
+        num_samples=2,
+        max_failures=2,
+        trial_executor=RayExecutor(shared_storage=False),
+        callbacks=[killer],
+        local_dir=str(tmp_path),
+        verbose=0,
+    )
+    assert killer.killed > 0
+    assert {t.status for t in analysis.trials} == {"TERMINATED"}
+    (moved,) = [t for t in analysis.trials if t.num_failures]
+    assert moved.num_failures == 1
+    rows = _rows(moved)
+    assert [r["training_iteration"] for r in rows] == list(range(1, 9))
+    nodes = [r["node_ip"] for r in rows]
+    assert nodes[0] == WORKER and nodes[-1] == HEAD
+    first_on_head = nodes.index(HEAD)
+    assert first_on_head >= 3
+    assert rows[first_on_head]["iterations_since_restore"] == 1  # from its checkpoint
+    # its checkpoints written on the lost node survived: they had been sent to the driver
+    assert os.path.isdir(os.path.join(moved.local_path, "checkpoint_000002"))
+
+
+class _AddNode(Callback):
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.process = None
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.process is None:
+            self.process = self.cluster.add_node(JOINER, num_cpus=1, resources={"late": 1}, wait=False)
+
+
+def _where(config):
+    tunekit.report({"done_on": 1})
+
+
+def test_a_trial_waits_for_a_node_that_joins(cluster, tmp_path):
+    joiner = _AddNode(cluster)
+    analysis = tunekit.run(
+        _where,
+        resources_per_trial={"cpu": 1, "late": 1},
+        trial_executor="ray",
+        callbacks=[joiner],
+        local_dir=str(tmp_path),
+        verbose=0,
+    )
+    joiner.process.wait()
+    (trial,) = analysis.trials
+    assert trial.status == "TERMINATED"
+    assert trial.last_result["node_ip"] == JOINER
+
+
+class _RecordDriver(Callback):
+    def __init__(self, path):
+        self.path = path
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        with open(self.path, "w") as f:
+            f.write(str(os.getpid()))
+
+
+def _quick(config):
+    tunekit.report({"score": config["x"] * 2})
+
+
+def test_run_remote_runs_the_driver_as_a_ray_task(cluster, tmp_path):
+    record = tmp_path / "driver_pid"
+    analysis = run_remote(
+        _quick,
+        config={"x": tunekit.grid_search([1, 2])},
+        metric="score",
+        mode="max",
+        local_dir=str(tmp_path),
+        callbacks=[_RecordDriver(str(record))],
+        verbose=0,
+    )
+    assert int(record.read_text()) != os.getpid()
+    assert analysis.best_config == {"x": 2}
+    assert sorted(t.status for t in analysis.trials) == ["TERMINATED", "TERMINATED"]
+    frames = analysis.trial_dataframes
+    assert sorted(float(f["score"].iloc[-1]) for f in frames.values()) == [2.0, 4.0]
+    pickle.dumps(analysis)  # plain records: it travelled back from the cluster
