@@ -368,8 +368,13 @@ DRIVER = textwrap.dedent(
             f.write(f"{tune.get_trial_id()} {config['x']!r}\\n")
         with open(log) as f:
             started = len(f.readlines())
-        if KILL_AT and started == KILL_AT:
-            os.kill(int(os.environ["DRIVER_PID"]), signal.SIGKILL)
+        if KILL_AT and started >= KILL_AT:
+            try:  # the first trial to get here kills the driver, once
+                os.close(os.open(os.path.join(OUT, "killed"), os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                os.kill(int(os.environ["DRIVER_PID"]), signal.SIGKILL)
         tune.report({"loss": (config["x"] - 0.3) ** 2})
 
     searcher = HyperOptSearch(random_state_seed=1, n_initial_points=4)
