@@ -405,6 +405,8 @@ def test_facade_names_the_missing_distribution(monkeypatch: pytest.MonkeyPatch) 
     message = str(caught.value)
     assert "tunekit-fifo" in message and "pip install tunekit[standard]" in message
 
+    # maybe cached by an earlier test (delitem: getattr would import it)
+    monkeypatch.delitem(vars(tunekit.schedulers), "ASHAScheduler", raising=False)
     monkeypatch.setitem(
         tunekit.schedulers._LAZY, "ASHAScheduler", ("tk_no_such_module", "tunekit-hyperband")
     )

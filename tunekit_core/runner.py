@@ -544,9 +544,8 @@ class RunLoop:
         for trial in list(self._running):
             self._complete(trial, stop_worker=True)
         for trial in list(self._pending) + list(self._paused):
-            self._pending.pop(trial, None)
-            self._paused.pop(trial, None)
-            trial.set_status(TERMINATED)
+            # Queued trials end too, and their searcher and scheduler hear of it.
+            self.stop_trial(trial)
 
     def interrupt(self) -> None:
         """Called from the SIGINT handler: end gracefully at the next loop step."""

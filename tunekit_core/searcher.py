@@ -74,10 +74,17 @@ class Searcher:
     total_samples: int | None = None
 
     def __init__(self, metric: str | None = None, mode: str | None = None) -> None:
-        if mode not in _VALID_MODES:
-            raise ValueError(f"`mode` must be 'min', 'max' or None, got {mode!r}.")
-        if metric is not None and not isinstance(metric, str):
-            raise ValueError(f"`metric` must be a string or None, got {metric!r}.")
+        # Lists are multi-objective searchers' metrics and modes (e.g. OptunaSearch).
+        modes = mode if isinstance(mode, (list, tuple)) else [mode]
+        if not modes or any(m not in _VALID_MODES for m in modes) or (
+            isinstance(mode, (list, tuple)) and None in modes
+        ):
+            raise ValueError(
+                f"`mode` must be 'min', 'max', None, or a list of 'min'/'max'; got {mode!r}."
+            )
+        metrics = metric if isinstance(metric, (list, tuple)) else [metric]
+        if metric is not None and not all(isinstance(m, str) for m in metrics):
+            raise ValueError(f"`metric` must be a string, a list of strings or None, got {metric!r}.")
         self._metric = metric
         self._mode = mode
 

@@ -49,7 +49,7 @@ def __getattr__(name: str) -> Any:
             raise
         raise ImportError(
             f"{name} is provided by the {dist!r} plugin distribution, which is not installed. "
-            f"Install it with `pip install {dist}` (or `pip install tunekit[standard]`)."
+            f"Install it with `pip install {dist}`."
         ) from exc
     value = getattr(module, name)
     globals()[name] = value
