@@ -136,7 +136,12 @@ def child(workload: str, framework: str, trials: int) -> dict:
 
 # -- the parent: the cluster and the table -----------------------------------------------------
 def measure(workload: str, framework: str, trials: int, python: str, address: str) -> dict:
-    env = dict(os.environ, RAY_ADDRESS=address, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    # RAY_ENABLE_UV_RUN_RUNTIME_ENV=0: under `uv run`, Ray would start every worker through
+    # `uv run` in a copy of the working directory; the nodes already have the environment.
+    env = dict(
+        os.environ, RAY_ADDRESS=address, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+        RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
+    )
     if framework == "tunekit-local":
         env.pop("RAY_ADDRESS")
         env["TUNEKIT_NUM_CPUS"] = "2"

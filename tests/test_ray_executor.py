@@ -109,21 +109,36 @@ def test_no_cluster_gives_a_clear_error(monkeypatch):
 
 
 # -- the cluster ------------------------------------------------------------------------------
+# For the drivers (this process and the ones it starts). Under `uv run` (the test command),
+# Ray would otherwise run every worker through `uv run` in a copy of the working directory.
+_DRIVER_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+
+
 @pytest.fixture(scope="module")
 def cluster():
     import ray
+    from ray._private import ray_constants
 
     cluster = LoopbackCluster(env=_FAST_HEALTH)
+    saved = {name: os.environ.get(name) for name in _DRIVER_ENV}
+    saved_uv = ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV
     try:
         address = cluster.start_head(HEAD, num_cpus=1)
         cluster.add_node(WORKER, num_cpus=1, resources={"side": 1})
-        os.environ["RAY_AUTH_MODE"] = "disabled"
+        os.environ.update(_DRIVER_ENV)
+        ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False  # read when ray.init runs
         ray.init(address=address, _node_ip_address=HEAD, log_to_driver=False)
         yield cluster
     finally:
         if ray.is_initialized():
             ray.shutdown()
         cluster.stop()
+        ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = saved_uv
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _node_ids() -> dict[str, str]:
@@ -397,7 +412,7 @@ def test_resume_after_the_driver_is_killed(cluster, tmp_path):
                     trial_executor="ray", callbacks=[resume_mod.Announce()], verbose=0)
         """
     )
-    env = dict(os.environ, RAY_ADDRESS=cluster.address, RAY_AUTH_MODE="disabled")
+    env = dict(os.environ, RAY_ADDRESS=cluster.address, **_DRIVER_ENV)
     driver = subprocess.Popen(
         [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
     )

@@ -26,7 +26,8 @@ def pack_directory(path: str, skip: frozenset[str] = frozenset()) -> bytes:
     Top-level entries named in ``skip`` are left out.
     """
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
+    # Symbolic links are sent as the files they point to.
+    with tarfile.open(fileobj=buffer, mode="w", dereference=True) as archive:
         for name in sorted(os.listdir(path)):
             if name in skip:
                 continue
@@ -53,7 +54,23 @@ def unpack_into(blob: bytes, target: str) -> None:
     """
     os.makedirs(target, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as archive:
-        archive.extractall(target, filter="data")
+        members = archive.getmembers()
+        for member in members:
+            name = os.path.normpath(member.name)
+            if (
+                os.path.isabs(name)
+                or name == os.pardir
+                or name.startswith(os.pardir + os.sep)
+                or not (member.isfile() or member.isdir())
+            ):
+                raise ValueError(
+                    f"Refusing to extract {member.name!r} from a transferred archive: only "
+                    "plain files and directories inside the target are accepted."
+                )
+        if hasattr(tarfile, "data_filter"):
+            archive.extractall(target, members=members, filter="data")
+        else:  # Python < 3.11.4: the members were checked above
+            archive.extractall(target, members=members)
 
 
 def install_checkpoint(blob: bytes, trial_dir: str, name: str) -> str:

@@ -47,7 +47,13 @@ class LoopbackCluster:
     ):
         self.temp_dir = tempfile.mkdtemp(prefix="tkray_", dir="/tmp")  # short: socket paths
         self.env = dict(os.environ)
-        self.env.update({"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
+        self.env.update(
+            {
+                "RAY_AUTH_MODE": "disabled",
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+            }
+        )
         self.env.update(env or {})
         self.env.pop("RAY_ADDRESS", None)
         self.object_store_bytes = object_store_bytes

@@ -59,6 +59,7 @@ logger = logging.getLogger("tunekit")
 _EPS = 1e-6
 _DEFAULT_MAX_TRANSFER = 512 * 1024 * 1024
 _TOTALS_TTL_S = 5.0
+_SLOW_START_S = 60.0
 
 
 class _Slot:
@@ -67,7 +68,7 @@ class _Slot:
     __slots__ = (
         "id", "shape", "pg", "actor", "serve_ref", "ready_ref", "ready", "conn", "pid", "hostname",
         "node_ip", "node_id", "transfer", "trial", "launch", "known", "kill_at", "dead_at",
-        "retiring", "idle_since", "ray_error", "checkpoints", "gone",
+        "retiring", "idle_since", "ray_error", "checkpoints", "gone", "placed_at", "warned",
     )
 
     def __init__(self, slot_id: int, shape: Any):
@@ -94,6 +95,8 @@ class _Slot:
         self.ray_error: str | None = None
         self.checkpoints: dict[str, str] = {}  # path on the actor's node -> path here
         self.gone = False
+        self.placed_at: float | None = None
+        self.warned = False
 
 
 class RayExecutor(Executor):
@@ -608,6 +611,10 @@ class RayExecutor(Executor):
                 when = slot.idle_since + self.idle_timeout_s
                 if deadline is None or when < deadline:
                     deadline = when
+            elif not slot.pid and slot.placed_at is not None and not slot.warned:
+                when = slot.placed_at + _SLOW_START_S
+                if deadline is None or when < deadline:
+                    deadline = when
         if deadline is not None:
             left = max(0.0, deadline - now)
             timeout = left if timeout is None else min(timeout, left)
@@ -638,6 +645,23 @@ class RayExecutor(Executor):
         for slot in list(self._slots.values()):
             if slot.gone:
                 continue
+            if (
+                not slot.pid
+                and slot.placed_at is not None
+                and not slot.warned
+                and now - slot.placed_at >= _SLOW_START_S
+            ):
+                slot.warned = True
+                logger.warning(
+                    "The Ray actor for %s has not started %.0f s after Ray reserved its "
+                    "resources. Ray may be preparing a runtime environment for it (a driver "
+                    "started with `uv run` makes Ray run every worker through `uv run`; set "
+                    "RAY_ENABLE_UV_RUN_RUNTIME_ENV=0 if the nodes have the environment), or the "
+                    "node cannot start Python workers (check that tunekit-ray is installed "
+                    "there, and the Ray logs of the node).",
+                    slot.trial if slot.trial is not None else "a trial",
+                    now - slot.placed_at,
+                )
             if slot.kill_at is not None and slot.kill_at <= now:
                 slot.kill_at = None
                 self._kill_stopped(slot, events)
@@ -905,7 +929,7 @@ class RayExecutor(Executor):
             if kind == "placed":
                 if error is None:
                     slot.ready = True
-                    slot.idle_since = time.monotonic()
+                    slot.idle_since = slot.placed_at = time.monotonic()
                 continue
             # the actor's serve() call ended: normally after "shutdown", or it died
             if error is not None:
