@@ -503,6 +503,16 @@ def _ratio(name: str, tk: dict[str, Any] | None, other: dict[str, Any] | None) -
     return f"tree {v / t:.1f}x smaller ({_ok(t * 5 <= v)})"
 
 
+def _load_range(res: dict[str, dict[str, Any]]) -> str:
+    """The 1-minute load averages seen at the start and end of this workload's runs."""
+    loads: list[float] = []
+    for r in res.values():
+        runs = r.get("runs") or ([r["raw"]] if "raw" in r else [])
+        for run in runs:
+            loads.extend(run.get("loadavg_1m") or [])
+    return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not recorded"
+
+
 TARGETS = {
     "W1": "<= 1/8 of Ray's time",
     "W2": ">= 10x Ray's rate",
@@ -516,8 +526,8 @@ def markdown_table(report: dict[str, Any]) -> str:
     """The results as a Markdown table (one row per workload), with footnotes."""
     lines = [
         "| workload | tunekit | Ray, reuse_actors=True | Ray, default (reuse_actors=False) "
-        "| tunekit vs Ray reuse | tunekit vs Ray default | target |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| tunekit vs Ray reuse | tunekit vs Ray default | target | load avg during runs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     notes: list[str] = []
     baselines: set[str] = set()
@@ -533,13 +543,13 @@ def markdown_table(report: dict[str, Any]) -> str:
             f"| {name} {TITLES[name]} | {_short_value(name, tk)} "
             f"| {_short_value(name, res.get('ray'))} | {_short_value(name, res.get('ray-default'))} "
             f"| {_ratio(name, tk, res.get('ray'))} | {_ratio(name, tk, res.get('ray-default'))} "
-            f"| {target} |")
+            f"| {target} | {_load_range(res)} |")
         if name == "W5" and tk and "driver_growth" in tk:
             g = tk["driver_growth"]
             lines.append(
                 f"| W5 tunekit driver peak RSS, {W5_SMALL_TRIALS} -> {W5_TRIALS} trials "
                 f"| {tk['driver_peak_rss_small_mb']:.1f} -> {tk['driver_peak_rss_mb']:.1f} MiB "
-                f"({g * 100:+.1f}%) | | | | | <= +20% ({_ok(g <= 0.20)}) |")
+                f"({g * 100:+.1f}%) | | | | | <= +20% ({_ok(g <= 0.20)}) | |")
         for fw, r in res.items():
             if r.get("note"):
                 notes.append(f"\\* {name} {fw}: {r['note']}")

@@ -55,7 +55,6 @@ class Framework:
         self.name = name
         self.cpus = cpus
         self.ray_temp_dir = ray_temp_dir
-        self.storage = tempfile.mkdtemp(prefix="tunekit-bench-")
         if name == "tunekit":
             import tunekit
 
@@ -79,6 +78,8 @@ class Framework:
             if ray_temp_dir:
                 init_kwargs["_temp_dir"] = ray_temp_dir
             ray.init(**init_kwargs)
+        # Created last, so that a framework that fails to start leaves nothing behind.
+        self.storage = tempfile.mkdtemp(prefix="tunekit-bench-")
 
     def uniform(self, low: float, high: float) -> Any:
         """A uniform search-space domain, or its midpoint if the framework has no ``uniform``."""
