@@ -211,8 +211,11 @@ class LocalExecutor(Executor):
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         env["TUNEKIT_NODE_IP"] = self._node_ip
         self._env = env
-        # Start one worker right away so its start-up overlaps the driver's own.
-        self._spawn(())
+        # Start as many workers as one-CPU trials fit (at most 4) right away, so their
+        # start-up overlaps the driver's own instead of delaying the first trials.
+        cpus = self._totals.get(CPU, _UNIT) // _UNIT
+        for _ in range(max(1, min(int(cpus), 4))):
+            self._spawn(())
 
     def _spawn(self, gpu_ids: tuple[str, ...]) -> _Worker:
         parent, child = socket.socketpair()
