@@ -135,10 +135,9 @@ class ResourceChangingScheduler(TrialScheduler):
     may return new resources (a :class:`PlacementGroupFactory` or a
     ``resources_per_trial``-style dict; None keeps them). If they differ, the
     trial is PAUSED (it checkpoints) and restarts from its checkpoint with the
-    new resources as soon as they are free; inside the trial
-    ``tunekit.get_trial_resources()`` (or a class trainable's
-    ``trial_resources``) tells what it got. Trials should checkpoint every
-    iteration, or they restart from scratch.
+    new resources as soon as they are free; inside the trial (function or
+    class trainable) ``tunekit.get_trial_resources()`` tells what it got.
+    Trials should checkpoint every iteration, or they restart from scratch.
 
     Args:
         base_scheduler: the scheduler deciding CONTINUE/PAUSE/STOP (default FIFO).
