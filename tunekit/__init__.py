@@ -55,6 +55,16 @@ _EXPORTS: dict[str, str] = {
     "TimeoutStopper": "tunekit_core.stopper",
     "CombinedStopper": "tunekit_core.stopper",
     "FunctionStopper": "tunekit_core.stopper",
+    # Ray Tune 2.x's Tuner API
+    "Tuner": "tunekit_core.tuner",
+    "TuneConfig": "tunekit_core.tuner",
+    "RunConfig": "tunekit_core.tuner",
+    "CheckpointConfig": "tunekit_core.tuner",
+    "FailureConfig": "tunekit_core.tuner",
+    "ResultGrid": "tunekit_core.result_grid",
+    "Result": "tunekit_core.result_grid",
+    "with_resources": "tunekit_core.tuner",
+    "get_context": "tunekit_core.tuner",
     # results and reporting
     "ExperimentAnalysis": "tunekit_core.analysis",
     "ProgressReporter": "tunekit_core.progress",

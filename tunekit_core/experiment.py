@@ -213,6 +213,14 @@ class Experiment:
         self.resources_per_trial = (
             None if resources_per_trial is None else to_placement_group_factory(resources_per_trial)
         )
+        # tunekit.with_resources on a function: a fixed request, or a function of the config.
+        self._resources_fn: Callable | None = None
+        requested = None if self.is_class else getattr(trainable, "_tunekit_resources", None)
+        if requested is not None and self.resources_per_trial is None:
+            if isinstance(requested, (PlacementGroupFactory, Mapping)):
+                self.resources_per_trial = to_placement_group_factory(requested)
+            else:
+                self._resources_fn = requested
 
         root = storage_path or local_dir or default_results_dir()
         if root.startswith("file://"):
@@ -241,6 +249,8 @@ class Experiment:
         """The resources of a trial with ``config`` (Trainable defaults may depend on it)."""
         if self.resources_per_trial is not None:
             return self.resources_per_trial
+        if self._resources_fn is not None:
+            return to_placement_group_factory(self._resources_fn(config))
         if self.is_class:
             default = self.trainable.default_resource_request(config)
             if default is not None:

@@ -73,13 +73,16 @@ def run(
     _remote: bool | None = None,
     *,
     storage_path: str | None = None,
+    _resume_trials: tuple[str, str | None] | None = None,
 ):
     """Run a hyperparameter search and return an :class:`ExperimentAnalysis`.
 
     Every parameter means what it means in Ray Tune's ``tune.run``; see
     ``docs/run.md`` for the reference, including the parameters that raise
     ``NotImplementedError`` in this version. ``storage_path`` is Ray Tune 2.x's
-    name for ``local_dir``.
+    name for ``local_dir``. ``_resume_trials`` (internal, used by ``Tuner.restore``):
+    ``(unfinished, errored)`` with unfinished ``"resume"``/``"skip"`` and errored
+    ``None``/``"resume"``/``"restart"``, the trials a resume continues.
     """
     if queue_trials is not None:
         raise DeprecationWarning(
@@ -303,7 +306,12 @@ def run(
         loop.store = StateStore(experiment_dir, "", path=resume_state["path"])
         # the snapshot keeps the name of the run it continues
         loop._state_timestamp = os.path.basename(resume_state["path"])[len("experiment_state-"):-len(".db")]
-        loop.restore_state(resume_state, errored="restart" if resume_mode == "ERRORED_ONLY" else None)
+        errored = "restart" if resume_mode == "ERRORED_ONLY" else None
+        if _resume_trials is not None:
+            unfinished, errored = _resume_trials
+            if unfinished == "skip":
+                _mark_unfinished_terminated(resume_state)
+        loop.restore_state(resume_state, errored=errored)
         logger.info("Resumed the experiment in %s (%d trials).", experiment_dir, len(loop.get_trials()))
     else:
         # A fresh run never shares a database with an earlier run (even in the same second).
@@ -395,6 +403,16 @@ def _load_resume_state(mode: str, experiment_dir: str, experiment: Experiment):
             logger.info("Starting a new experiment in %s.", experiment_dir)
             return None
     return state
+
+
+def _mark_unfinished_terminated(state: dict) -> None:
+    """Saved trials that had not finished are resumed as TERMINATED (not run again)."""
+    import time
+
+    for record in state["trials"]:
+        if record.get("status") in ("PENDING", "RUNNING", "PAUSED"):
+            record["status"] = TERMINATED
+            record["status_history"] = [*(record.get("status_history") or []), (TERMINATED, time.time())]
 
 
 def _prepare_directory(path: str) -> None:
