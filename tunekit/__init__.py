@@ -69,6 +69,7 @@ _EXPORTS: dict[str, str] = {
     "ExperimentAnalysis": "tunekit_core.analysis",
     "ProgressReporter": "tunekit_core.progress",
     "CLIReporter": "tunekit_core.progress",
+    "JupyterNotebookReporter": "tunekit_core.progress",
     # plugins
     "create_scheduler": "tunekit.schedulers",
     "create_searcher": "tunekit.search",

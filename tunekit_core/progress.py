@@ -1,10 +1,13 @@
-"""Progress reporting: the periodic "== Status ==" block and per-result lines.
+"""Progress reporting: the status of a run, and per-result lines.
 
-``CLIReporter`` prints, at most every ``max_report_frequency`` seconds and once
-more when the run ends, a plain-text status block: time, trial counts by
-status, the best trial so far and a table of trials (with their searched
-parameters and metrics) plus a table of failed trials. The parameters follow
-Ray Tune's ``CLIReporter``.
+``CLIReporter`` shows, at most every ``max_report_frequency`` seconds and once
+more when the run ends, the status of the run: time, resources in use, trial
+counts by status, the best trial so far and a table of trials (with their
+searched parameters and metrics) plus a table of failed trials. In a terminal
+it is a live table rendered with ``rich`` and updated in place; otherwise a
+plain-text "== Status ==" block. ``JupyterNotebookReporter`` shows the same as
+one HTML output updated in place, and :func:`detect_reporter` picks it inside
+a notebook. The parameters follow Ray Tune's reporters.
 
 ``format_trial_result_brief``/``format_trial_result_detailed`` (and
 ``TrialResultPrinter``, which rate-limits them per trial) format the lines the
@@ -24,6 +27,7 @@ from typing import Any
 __all__ = [
     "AUTO_RESULT_KEYS",
     "CLIReporter",
+    "JupyterNotebookReporter",
     "ProgressReporter",
     "TrialResultPrinter",
     "TuneReporterBase",
@@ -440,7 +444,11 @@ class TuneReporterBase(ProgressReporter):
             return params[key]
         return _lookup(getattr(trial, "config", None), key)
 
-    def _trial_table(self, trials: Sequence[Any], max_rows: int | None) -> list[str]:
+    def _trial_table_data(
+        self, trials: Sequence[Any], max_rows: int | None
+    ) -> tuple[list[str], list[list[Any]], str | None]:
+        """Headers, rows (status order, at most ``max_rows`` shared fairly between
+        statuses) and the "... N more trials not shown" line (None if all are shown)."""
         by_state = _trials_by_state(trials)
         order = list(_STATE_ORDER)
         order += sorted(s for s in by_state if s not in _STATE_ORDER)
@@ -510,29 +518,41 @@ class TuneReporterBase(ProgressReporter):
                 value = _lookup(result, k)
                 row.append(value if _is_number(value) else _cell(value, max_len))
             rows.append(row)
+        overflow_line = f"... {overflow} more trials not shown ({overflow_str})" if overflow else None
+        return headers, rows, overflow_line
+
+    def _trial_table(self, trials: Sequence[Any], max_rows: int | None) -> list[str]:
+        headers, rows, overflow_line = self._trial_table_data(trials, max_rows)
         lines = [format_table(headers, rows)]
-        if overflow:
-            lines.append(f"... {overflow} more trials not shown ({overflow_str})")
+        if overflow_line:
+            lines.append(overflow_line)
         return lines
 
-    def _error_table(self, trials: Sequence[Any], max_rows: int | None) -> list[str]:
+    def _error_table_data(
+        self, trials: Sequence[Any], max_rows: int | None
+    ) -> tuple[list[str], list[str], list[list[Any]]]:
+        """Lines above the failed-trials table, its headers and its rows (no rows: no table)."""
         failed = [t for t in trials if getattr(t, "error_file", None)]
         if not failed:
-            return []
+            return [], [], []
         lines = [f"Number of errored trials: {len(failed)}"]
         if max_rows is not None and len(failed) > max_rows:
             lines.append(f"Table truncated to {max_rows} rows ({len(failed) - max_rows} overflow)")
             failed = failed[:max_rows]
         rows = [[str(t), getattr(t, "num_failures", 0), t.error_file] for t in failed]
-        lines.append(format_table(["Trial name", "# failures", "error file"], rows))
+        return lines, ["Trial name", "# failures", "error file"], rows
+
+    def _error_table(self, trials: Sequence[Any], max_rows: int | None) -> list[str]:
+        lines, headers, rows = self._error_table_data(trials, max_rows)
+        if rows:
+            lines.append(format_table(headers, rows))
         return lines
 
-    def _progress_str(self, trials: Sequence[Any], done: bool, *sys_info: str) -> str:
-        trials = list(trials)
+    def _status_lines(self, trials: Sequence[Any], *sys_info: str) -> list[str]:
+        """The lines of the status header: time, system info, best trial, logdirs, counts."""
         self._infer_user_metrics(trials)
         now = self._clock()
         lines = [
-            "== Status ==",
             f"Current time: {datetime.datetime.now():%Y-%m-%d %H:%M:%S} "
             f"(running for {_elapsed_str(now - self._start_time)})",
         ]
@@ -543,16 +563,25 @@ class TuneReporterBase(ProgressReporter):
         if trials:
             for logdir in sorted({d for d in map(_experiment_dir_of, trials) if d}):
                 lines.append(f"Result logdir: {logdir}")
-            counts = {s: len(v) for s, v in _trials_by_state(trials).items()}
-            total = self._total_samples
-            if total is not None and total >= sys.maxsize:
-                total_str = "/infinite"
-            elif total:
-                total_str = f"/{total}"
-            else:
-                total_str = ""
-            by_state = ", ".join(f"{counts[s]} {s}" for s in sorted(counts))
-            lines.append(f"Number of trials: {len(trials)}{total_str} ({by_state})")
+            lines.append(self._trial_counts_str(trials))
+        return lines
+
+    def _trial_counts_str(self, trials: Sequence[Any]) -> str:
+        counts = {s: len(v) for s, v in _trials_by_state(trials).items()}
+        total = self._total_samples
+        if total is not None and total >= sys.maxsize:
+            total_str = "/infinite"
+        elif total:
+            total_str = f"/{total}"
+        else:
+            total_str = ""
+        by_state = ", ".join(f"{counts[s]} {s}" for s in sorted(counts))
+        return f"Number of trials: {len(trials)}{total_str} ({by_state})"
+
+    def _progress_str(self, trials: Sequence[Any], done: bool, *sys_info: str) -> str:
+        trials = list(trials)
+        lines = ["== Status ==", *self._status_lines(trials, *sys_info)]
+        if trials:
             show_table = self._print_intermediate_tables or (done and self._verbose >= 2)
             if show_table:
                 lines.extend(self._trial_table(trials, None if done else self._max_progress_rows))
@@ -566,8 +595,67 @@ def _cell(value: Any, max_len: int | None) -> Any:
     return _truncate(_format_value(value), max_len)
 
 
+#: Colours of trial statuses in the live table.
+_STATUS_STYLES = {
+    "RUNNING": "green",
+    "PENDING": "yellow",
+    "PAUSED": "magenta",
+    "TERMINATED": "blue",
+    "ERROR": "bold red",
+}
+#: Seconds between updates of an in-place display (terminal or notebook) by default.
+_LIVE_REPORT_FREQUENCY = 1.0
+#: Seconds between plain-text status blocks by default (Ray Tune's default).
+_PLAIN_REPORT_FREQUENCY = 5.0
+
+
+def _stdout_is_terminal() -> bool:
+    """True when progress goes to an interactive terminal (and plain text is not forced)."""
+    from .env import env_flag
+
+    if env_flag("TUNEKIT_PLAIN_PROGRESS"):
+        return False
+    isatty = getattr(sys.stdout, "isatty", None)
+    try:
+        return bool(isatty is not None and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def _in_notebook() -> bool:
+    """True inside a Jupyter (or Colab) kernel. IPython is never imported here."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:  # noqa: BLE001 - an odd IPython: not a notebook
+        return False
+    if shell is None:
+        return False
+    return type(shell).__name__ == "ZMQInteractiveShell" or "google.colab" in sys.modules
+
+
+def _numeric_columns(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[bool]:
+    """Columns whose non-empty cells are all numbers (right-aligned)."""
+    numeric = []
+    for i in range(len(headers)):
+        values = [row[i] for row in rows if i < len(row) and row[i] is not None]
+        numeric.append(bool(values) and all(_is_number(v) for v in values))
+    return numeric
+
+
 class CLIReporter(TuneReporterBase):
-    """Print experiment progress as plain text (Ray Tune's ``CLIReporter``).
+    """Report experiment progress in the terminal (Ray Tune's ``CLIReporter``).
+
+    In an interactive terminal the report is a live table rendered with
+    ``rich`` and updated in place: a header (time and elapsed time, resources
+    in use, the best trial so far, trials by status) above a table of trials
+    (status, parameters, metrics, iterations, time) and a table of failed
+    trials. When output is not a terminal (a file, a pipe, a CI log) or
+    ``TUNEKIT_PLAIN_PROGRESS=1`` is set, it prints the plain-text
+    "== Status ==" block instead, at most every ``max_report_frequency``
+    seconds, so logs stay readable.
 
     Args:
         metric_columns: result fields to show, as a list or as a dict
@@ -583,17 +671,24 @@ class CLIReporter(TuneReporterBase):
             "... N more trials not shown". The final report shows every trial.
         max_error_rows: most rows of the failed-trials table (intermediate).
         max_column_length: longer headers and values are cut with "...".
-        max_report_frequency: seconds between reports.
+        max_report_frequency: seconds between reports. Default: 1 for the
+            live table, 5 (Ray Tune's default) for plain text.
         infer_limit: how many reported metrics to add as columns when
             ``metric_columns`` is not given.
-        print_intermediate_tables: print the trial table with every report;
-            None: only at verbosity 3 (at 2 the table is printed at the end).
+        print_intermediate_tables: plain text only: print the trial table with
+            every report; None: only at verbosity 3 (at 2 the table is printed at
+            the end). The live table always shows the trials.
         metric, mode: the metric/mode of the "Current best trial" line (and
             of ``sort_by_metric``); ``run``'s are used when these are None.
         sort_by_metric: list terminated trials first, best first.
-        writer: where text goes (default ``sys.stdout.write``); tunekit extra.
+        writer: where plain text goes (default ``sys.stdout.write``); tunekit
+            extra. Given a writer, the reporter prints plain text.
         clock: time source for rate limiting and elapsed time (default
             ``time.time``); tunekit extra, for tests.
+        live: True for the live table, False for plain text; None (default)
+            decides by whether stdout is a terminal. tunekit extra.
+        console: the ``rich.console.Console`` the live table renders to
+            (default: one on stdout); tunekit extra.
     """
 
     def __init__(
@@ -604,7 +699,7 @@ class CLIReporter(TuneReporterBase):
         max_progress_rows: int = 20,
         max_error_rows: int = 20,
         max_column_length: int = 20,
-        max_report_frequency: float = 5,
+        max_report_frequency: float | None = None,
         infer_limit: int = 3,
         print_intermediate_tables: bool | None = None,
         metric: str | None = None,
@@ -612,6 +707,160 @@ class CLIReporter(TuneReporterBase):
         sort_by_metric: bool = False,
         *,
         writer: Callable[[str], Any] | None = None,
+        clock: Callable[[], float] | None = None,
+        live: bool | None = None,
+        console: Any = None,
+    ) -> None:
+        if live is None:
+            live = writer is None and (console is not None or _stdout_is_terminal())
+        self._live_mode = bool(live)
+        if max_report_frequency is None:
+            max_report_frequency = (
+                _LIVE_REPORT_FREQUENCY if self._live_mode else _PLAIN_REPORT_FREQUENCY
+            )
+        super().__init__(
+            metric_columns=metric_columns,
+            parameter_columns=parameter_columns,
+            total_samples=total_samples,
+            max_progress_rows=max_progress_rows,
+            max_error_rows=max_error_rows,
+            max_column_length=max_column_length,
+            max_report_frequency=max_report_frequency,
+            infer_limit=infer_limit,
+            print_intermediate_tables=print_intermediate_tables,
+            metric=metric,
+            mode=mode,
+            sort_by_metric=sort_by_metric,
+            clock=clock,
+        )
+        self._writer = writer
+        self._console = console
+        self._live: Any = None
+
+    def _write(self, text: str) -> None:
+        if self._writer is not None:
+            self._writer(text)
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    def report(self, trials: list[Any], done: bool, *sys_info: str) -> None:
+        """Show the status of ``trials``: update the live table, or print the block."""
+        if not self._live_mode:
+            self._write(self._progress_str(trials, done, *sys_info) + "\n")
+            return
+        renderable = self._rich_status(list(trials), done, *sys_info)
+        if self._live is None:
+            from rich.live import Live
+
+            # Lines printed meanwhile (per-result lines, log records) appear above the table.
+            self._live = Live(
+                renderable,
+                console=self._console,
+                auto_refresh=False,
+                transient=False,
+                redirect_stdout=True,
+                redirect_stderr=True,
+                vertical_overflow="ellipsis",
+            )
+            self._live.start(refresh=True)
+        if done:
+            self._live.vertical_overflow = "visible"  # the final table stays on screen whole
+        self._live.update(renderable, refresh=True)
+        if done:
+            self.close()
+
+    def close(self) -> None:
+        """End the live display (the last table stays on screen). Safe to call twice."""
+        live, self._live = self._live, None
+        if live is not None:
+            live.stop()
+
+    def _rich_status(self, trials: list[Any], done: bool, *sys_info: str) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        parts: list[Any] = [Text("tunekit status", style="bold underline")]
+        for line in self._status_lines(trials, *sys_info):
+            if line.startswith("Number of trials: "):
+                parts.append(self._rich_counts(trials))
+            elif line.startswith("Current best trial: "):
+                parts.append(Text(line, style="bold"))
+            else:
+                parts.append(Text(line))
+        if trials:
+            headers, rows, overflow_line = self._trial_table_data(
+                trials, None if done else self._max_progress_rows
+            )
+            parts.append(self._rich_table(headers, rows, status_column=1))
+            if overflow_line:
+                parts.append(Text(overflow_line, style="dim"))
+            lines, headers, rows = self._error_table_data(
+                trials, None if done else self._max_error_rows
+            )
+            if rows:
+                parts.extend(Text(line, style="red") for line in lines)
+                parts.append(self._rich_table(headers, rows, status_column=None))
+        return Group(*parts)
+
+    def _rich_counts(self, trials: Sequence[Any]) -> Any:
+        from rich.text import Text
+
+        counts = {s: len(v) for s, v in _trials_by_state(trials).items()}
+        text = Text(self._trial_counts_str(trials).split(" (")[0] + " (")
+        for i, state in enumerate(sorted(counts)):
+            if i:
+                text.append(", ")
+            text.append(f"{counts[state]} {state}", style=_STATUS_STYLES.get(state, ""))
+        text.append(")")
+        return text
+
+    @staticmethod
+    def _rich_table(
+        headers: Sequence[str], rows: Sequence[Sequence[Any]], status_column: int | None
+    ) -> Any:
+        from rich import box
+        from rich.table import Table
+
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+        for header, numeric in zip(headers, _numeric_columns(headers, rows)):
+            table.add_column(str(header), justify="right" if numeric else "left", no_wrap=True)
+        for row in rows:
+            cells = [_format_value(value) for value in row]
+            if status_column is not None:
+                status = cells[status_column]
+                cells[status_column] = f"[{_STATUS_STYLES.get(status, 'default')}]{status}[/]"
+            table.add_row(*cells)
+        return table
+
+
+class JupyterNotebookReporter(TuneReporterBase):
+    """Report progress in a Jupyter notebook as one HTML table (Ray Tune's name).
+
+    The first report displays the status (header and trials table, as the
+    ``CLIReporter``'s live table has them) and later reports update that same
+    output in place; with ``overwrite=False`` every report is a new output
+    instead. :func:`detect_reporter` picks this reporter inside a notebook.
+    The other arguments are ``CLIReporter``'s; ``max_report_frequency``
+    defaults to 1 second.
+    """
+
+    def __init__(
+        self,
+        overwrite: bool = True,
+        metric_columns: Sequence[str] | Mapping[str, str] | None = None,
+        parameter_columns: Sequence[str] | Mapping[str, str] | None = None,
+        total_samples: int | None = None,
+        max_progress_rows: int = 20,
+        max_error_rows: int = 20,
+        max_column_length: int = 20,
+        max_report_frequency: float = _LIVE_REPORT_FREQUENCY,
+        infer_limit: int = 3,
+        print_intermediate_tables: bool | None = None,
+        metric: str | None = None,
+        mode: str | None = None,
+        sort_by_metric: bool = False,
+        *,
         clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(
@@ -629,22 +878,84 @@ class CLIReporter(TuneReporterBase):
             sort_by_metric=sort_by_metric,
             clock=clock,
         )
-        self._writer = writer
-
-    def _write(self, text: str) -> None:
-        if self._writer is not None:
-            self._writer(text)
-        else:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+        self._overwrite = overwrite
+        self._handle: Any = None
 
     def report(self, trials: list[Any], done: bool, *sys_info: str) -> None:
-        """Write the status block for ``trials`` (followed by a blank line)."""
-        self._write(self._progress_str(trials, done, *sys_info) + "\n")
+        """Display the status of ``trials`` as HTML, replacing the previous display."""
+        from IPython.display import HTML, display
+
+        html = HTML(self._html_status(list(trials), done, *sys_info))
+        if self._overwrite and self._handle is not None:
+            self._handle.update(html)
+        else:
+            self._handle = display(html, display_id=True)
+
+    def _html_status(self, trials: list[Any], done: bool, *sys_info: str) -> str:
+        import html
+
+        parts = ['<div class="tunekit-status">', "<h3>tunekit status</h3>"]
+        for line in self._status_lines(trials, *sys_info):
+            weight = "font-weight:bold;" if line.startswith("Current best trial: ") else ""
+            parts.append(f'<div style="{weight}">{html.escape(line)}</div>')
+        if trials:
+            headers, rows, overflow_line = self._trial_table_data(
+                trials, None if done else self._max_progress_rows
+            )
+            parts.append(_html_table(headers, rows, "tunekit-trials", status_column=1))
+            if overflow_line:
+                parts.append(f"<div><em>{html.escape(overflow_line)}</em></div>")
+            lines, headers, rows = self._error_table_data(
+                trials, None if done else self._max_error_rows
+            )
+            if rows:
+                parts.extend(f"<div>{html.escape(line)}</div>" for line in lines)
+                parts.append(_html_table(headers, rows, "tunekit-errors", status_column=None))
+        parts.append("</div>")
+        return "\n".join(parts)
 
 
-def detect_reporter(**kwargs: Any) -> CLIReporter:
-    """The default reporter for this environment: a ``CLIReporter(**kwargs)``."""
+_HTML_STATUS_COLOURS = {
+    "RUNNING": "#2e7d32",
+    "PENDING": "#b58900",
+    "PAUSED": "#8e24aa",
+    "TERMINATED": "#1565c0",
+    "ERROR": "#c62828",
+}
+
+
+def _html_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], css_class: str, status_column: int | None
+) -> str:
+    import html
+
+    numeric = _numeric_columns(headers, rows)
+
+    def cell(tag: str, text: str, right: bool, colour: str | None = None) -> str:
+        style = "text-align:right;" if right else "text-align:left;"
+        if colour:
+            style += f"color:{colour};"
+        return f'<{tag} style="{style}">{html.escape(text)}</{tag}>'
+
+    out = [f'<table class="{css_class}">', "<thead><tr>"]
+    out.extend(cell("th", str(h), numeric[i]) for i, h in enumerate(headers))
+    out.append("</tr></thead><tbody>")
+    for row in rows:
+        out.append("<tr>")
+        for i, value in enumerate(row):
+            text = _format_value(value)
+            colour = _HTML_STATUS_COLOURS.get(text) if i == status_column else None
+            out.append(cell("td", text, numeric[i], colour))
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def detect_reporter(**kwargs: Any) -> TuneReporterBase:
+    """The default reporter for this environment: a ``JupyterNotebookReporter`` inside a
+    notebook, else a ``CLIReporter`` (a live table in a terminal, plain text otherwise)."""
+    if _in_notebook():
+        return JupyterNotebookReporter(**kwargs)
     return CLIReporter(**kwargs)
 
 

@@ -337,6 +337,8 @@ def run(
         loop.run()
         loop.finish()
     finally:
+        if reporter is not None and hasattr(reporter, "close"):
+            reporter.close()  # a live table ends even when the run raised
         trial_executor.shutdown()
         restore_handler()
         if blob_dir is not None:

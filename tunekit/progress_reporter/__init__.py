@@ -1,5 +1,10 @@
 """Experiment progress reporting (Ray Tune path: ``ray.tune.progress_reporter``)."""
 
-from tunekit_core.progress import CLIReporter, ProgressReporter, detect_reporter
+from tunekit_core.progress import (
+    CLIReporter,
+    JupyterNotebookReporter,
+    ProgressReporter,
+    detect_reporter,
+)
 
-__all__ = ["CLIReporter", "ProgressReporter", "detect_reporter"]
+__all__ = ["CLIReporter", "JupyterNotebookReporter", "ProgressReporter", "detect_reporter"]
