@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from tunekit_core import registry
+from tunekit_core import cli_results, registry
 
 __all__ = ["build_parser", "main"]
 
@@ -55,7 +55,11 @@ def _add_plugins(subparsers: argparse._SubParsersAction) -> None:
     listing.set_defaults(handler=_plugins_list)
 
 
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plugins]
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_plugins,
+    cli_results.add_ls,
+    cli_results.add_best,
+]
 
 
 def _print_help(parser: argparse.ArgumentParser) -> int:
