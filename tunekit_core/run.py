@@ -461,6 +461,7 @@ def _serialise_trainable(experiment: Experiment, blob_dir: str | None):
 
 
 def _default_callbacks(callbacks: list, loggers: Sequence | None, registry) -> list:
+    callbacks = [_resolve_callback(entry, registry) for entry in callbacks]
     if loggers:
         warnings.warn(
             "The `loggers` argument is deprecated: pass LoggerCallback instances in `callbacks` "
@@ -482,6 +483,28 @@ def _default_callbacks(callbacks: list, loggers: Sequence | None, registry) -> l
         if not any(isinstance(cb, cls) for cb in callbacks):
             callbacks.append(cls())
     return callbacks
+
+
+def _resolve_callback(entry: Any, registry) -> Any:
+    """An entry of ``run(callbacks=[...])`` as a callback object.
+
+    A string is a plugin name: the ``tunekit.callbacks`` group first, then
+    ``tunekit.loggers``; the plugin is created without arguments. A class is
+    instantiated without arguments. Anything else is used as it is.
+    """
+    if isinstance(entry, str):
+        callback_names = registry.names("callback")
+        if entry in callback_names:
+            return registry.create("callback", entry)
+        logger_names = registry.names("logger")
+        if entry in logger_names:
+            return registry.create("logger", entry)
+        raise registry.UnknownPluginError(
+            "callback", entry, sorted(set(callback_names) | set(logger_names))
+        )
+    if isinstance(entry, type):
+        return entry()
+    return entry
 
 
 def _warn_unused_gpus(executor, experiments: list[Experiment]) -> None:
