@@ -1,8 +1,9 @@
 """Result loggers (Ray Tune path: ``ray.tune.logger``).
 
 :class:`LoggerCallback` is the base class of loggers. ``JsonLoggerCallback`` and
-``CSVLoggerCallback`` come from the ``tunekit-loggers`` plugin distribution and
-are imported on first use.
+``CSVLoggerCallback`` come from the ``tunekit-loggers`` plugin distribution,
+``TBXLoggerCallback`` from ``tunekit-tensorboard`` and ``MLflowLoggerCallback``
+from ``tunekit-mlflow``; each is imported on first use.
 """
 
 from __future__ import annotations
@@ -12,12 +13,20 @@ from typing import Any
 from tunekit_core import registry
 from tunekit_core.callback import LoggerCallback
 
-__all__ = ["CSVLoggerCallback", "JsonLoggerCallback", "LoggerCallback"]
+__all__ = [
+    "CSVLoggerCallback",
+    "JsonLoggerCallback",
+    "LoggerCallback",
+    "MLflowLoggerCallback",
+    "TBXLoggerCallback",
+]
 
 # Public name -> (module providing it, distribution providing that module).
 _LAZY: dict[str, tuple[str, str]] = {
     "JsonLoggerCallback": ("tunekit_loggers", "tunekit-loggers"),
     "CSVLoggerCallback": ("tunekit_loggers", "tunekit-loggers"),
+    "TBXLoggerCallback": ("tunekit_tensorboard", "tunekit-tensorboard"),
+    "MLflowLoggerCallback": ("tunekit_mlflow", "tunekit-mlflow"),
 }
 
 
