@@ -142,6 +142,7 @@ def measure(workload: str, framework: str, trials: int, python: str, address: st
         os.environ, RAY_ADDRESS=address, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
         RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
     )
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # compiled modules cached, as when installed
     if framework == "tunekit-local":
         env.pop("RAY_ADDRESS")
         env["TUNEKIT_NUM_CPUS"] = "2"

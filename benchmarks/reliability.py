@@ -655,6 +655,7 @@ class Runner:
             args = dict(args, ray_temp_dir=marker)
         python = self.ray_python if ray else sys.executable
         env = dict(os.environ, BENCH_TAG=tag, PYTHONUNBUFFERED="1")
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # compiled modules cached, as when installed
         env.setdefault("RAY_AUTH_MODE", "disabled")
         env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         cmd = [python, str(Path(__file__).resolve()), "_worker", worker, json.dumps(args)]

@@ -256,6 +256,10 @@ def _run_script_once(script: str, framework: str, extra: list[str], *, monitor: 
     tag = uuid.uuid4().hex[:10]
     ray_tmp = f"/tmp/rbt_{tag}" if framework in RAY_FRAMEWORKS else None
     env = dict(os.environ, BENCH_TAG=tag, PYTHONUNBUFFERED="1")
+    # Python caches compiled modules (__pycache__), as on any user's machine; an environment
+    # that disables it would charge every fresh process for compiling each framework's
+    # modules again (see warm_up()).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.setdefault("RAY_AUTH_MODE", "disabled")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     cmd = [sys.executable, str(WORKLOADS_DIR / script), "--framework", framework, *extra]
@@ -314,6 +318,22 @@ def _run_script_once(script: str, framework: str, extra: list[str], *, monitor: 
 # --------------------------------------------------------------------------------------------
 # Workloads
 # --------------------------------------------------------------------------------------------
+
+
+def warm_up(frameworks: list[str]) -> None:
+    """One untimed W1 run per framework before anything is measured.
+
+    It leaves what any installed framework has after its first use: compiled modules in
+    ``__pycache__`` (for the driver and for every kind of process the framework starts)
+    and its files in the page cache. Without it the first measured run of each framework
+    pays for that once, which no later use does.
+    """
+    for framework in frameworks:
+        t0 = time.perf_counter()
+        r = _run_script_once("w1_cold_start.py", framework, [], monitor=False, timeout=600)
+        status = "failed: " + r["error"].splitlines()[-1] if "error" in r else "done"
+        print(f"# warm-up run of {framework}: {status} [{time.perf_counter() - t0:.0f} s]",
+              flush=True)
 
 
 def w1(framework: str, quick: bool) -> dict[str, Any]:
@@ -622,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", action="append", default=[], metavar="JSON",
                         help="take figures of frameworks NOT run now from an earlier --json file "
                              "(labelled as such in the output; may be repeated)")
+    parser.add_argument("--no-warm-up", action="store_true",
+                        help="skip the untimed warm-up run of each framework")
     args = parser.parse_args(argv)
 
     workloads = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
@@ -636,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     baseline = load_baselines(args.baseline, workloads, frameworks)
     report: dict[str, Any] = {"environment": environment(), "quick": args.quick, "workloads": {}}
     print(f"# environment: {json.dumps(report['environment'])}", flush=True)
+    if not args.no_warm_up:
+        warm_up(frameworks)
     failed = False
     for w in workloads:
         print(f"\n{w}: {TITLES[w]}", flush=True)

@@ -306,6 +306,7 @@ def measure(library: str, framework: str, seed: int, trials: int, ray_python: st
         cmd += ["--profile-out", profile_out]
     env = dict(os.environ, BENCH_TAG=tag, PYTHONUNBUFFERED="1", RAY_AUTH_MODE="disabled",
                RAY_USAGE_STATS_ENABLED="0")
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # compiled modules cached, as when installed
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT_S,
                           start_new_session=True)
     if is_ray:

@@ -266,6 +266,7 @@ def run_one(framework: str, seed: int, args: argparse.Namespace) -> dict[str, An
     tag = uuid.uuid4().hex[:10]
     ray_tmp = f"/tmp/rbt_{tag}" if framework != "tunekit" else None
     env = dict(os.environ, BENCH_TAG=tag, PYTHONUNBUFFERED="1")
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # compiled modules cached, as when installed
     env.setdefault("RAY_AUTH_MODE", "disabled")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     cmd = [_interpreter(framework, args), str(Path(__file__).resolve()), "--run", framework,
