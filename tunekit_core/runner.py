@@ -56,6 +56,9 @@ class TrialSource:
     searcher_on_result: Any = None
     base_config: dict | None = None  # constants merged into a self-contained searcher's configs
     created: int = 0
+    # Trials added through the control API belong to a source of their own (its searcher
+    # is a no-op), beside the experiment's: this is that experiment's index.
+    added_to: int | None = None
 
 
 def _searcher_hook(searcher: Any, name: str) -> Any:
@@ -132,10 +135,18 @@ class RunLoop:
         self._last_scheduler_save = 0.0
         self.start_time = time.time()
         self.interrupted = False
+        # The control server's queue of requests, run on this thread once per step
+        # (None without a server: the loop then never looks at it).
+        self.commands = None
+        self._added_sources: dict[int, TrialSource] = {}
 
     # -- the scheduler-facing API (Ray Tune's TrialRunner names) -------------------------
     def get_trials(self) -> list[Trial]:
         return self._trials
+
+    def experiment_names(self) -> list[str]:
+        """The names of this run's experiments, in order."""
+        return [source.experiment.name for source in self._sources]
 
     def get_pending_trials(self):
         return list(self._pending)
@@ -159,6 +170,70 @@ class RunLoop:
             trial.set_status(TERMINATED)
             self._scheduler.on_trial_remove(self, trial)
             self._searcher_of(trial).on_trial_complete(trial.trial_id, result=None, error=False)
+
+    def add_trials(
+        self, config: dict, experiment: str | None = None, num_samples: int = 1
+    ) -> list[Trial]:
+        """Queue new trials of ``experiment`` (default: the first) with ``config``.
+
+        Its ``grid_search`` entries expand into variants as for ``run(config=...)``, each
+        repeated ``num_samples`` times. The trials run the experiment's trainable but
+        belong to a source whose searcher is a no-op, so the experiment's searcher never
+        hears of trial ids it did not suggest. Called on the run-loop thread (the control
+        server queues it there); raises ``ValueError`` for a request it cannot honour.
+        """
+        if self._stop_requested:
+            raise ValueError("The run is ending; it accepts no new trials.")
+        names = self.experiment_names()
+        if experiment is None:
+            index = 0
+        elif experiment in names:
+            index = names.index(experiment)
+        else:
+            raise ValueError(
+                f"This run has no experiment named {experiment!r}; its experiments: "
+                f"{', '.join(repr(n) for n in names)}."
+            )
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+        variants = []
+        for _ in range(num_samples):
+            for resolved, variant in space.generate_variants(config):
+                variants.append((resolved, variant))
+                if len(variants) > _MAX_ADDED_TRIALS:
+                    raise ValueError(
+                        f"The request expands into more than {_MAX_ADDED_TRIALS} trials; add "
+                        "fewer at a time."
+                    )
+        source = self._added_source_for(index)
+        trials = []
+        for resolved, variant in variants:
+            trial_id = f"{self._id_prefix}{self._counter:05d}"
+            self._counter += 1
+            trials.append(self._add_trial(source, trial_id, variant, resolved))
+        return trials
+
+    def _added_source_for(self, index: int) -> TrialSource:
+        """The source of trials added to experiment ``index`` through the control API."""
+        from .searcher import Searcher
+
+        source = self._added_sources.get(index)
+        if source is None:
+            base = self._sources[index]
+            source = TrialSource(
+                experiment=base.experiment,
+                searcher=Searcher(),
+                trainable=base.trainable,
+                max_trials=None,
+                stop_dict=base.stop_dict,
+                added_to=index,
+            )
+            self._added_sources[index] = source
+        return source
+
+    def stop_experiment(self) -> None:
+        """End the run gracefully: running and queued trials end as TERMINATED."""
+        self._end_run("stop_experiment")
 
     def pause_trial(self, trial: Trial, should_checkpoint: bool = True) -> None:
         """Pause a running trial: it checkpoints (class trainables), frees its resources,
@@ -213,18 +288,22 @@ class RunLoop:
         self._search_finished = True
         return False
 
-    def _add_trial(self, source: TrialSource, trial_id: str, config: dict) -> Trial:
+    def _add_trial(
+        self, source: TrialSource, trial_id: str, config: dict, resolved: dict | None = None
+    ) -> Trial:
         experiment = source.experiment
         index = source.created
         source.created += 1
         evaluated: dict[str, Any] = {}
-        resolved: dict[tuple, Any] = {}
-        for path in source.searched_paths:
-            try:
-                value = space.get_path(config, path)
-            except (KeyError, IndexError, TypeError):
-                continue
-            resolved[path] = value
+        if resolved is None:
+            resolved = {}
+            for path in source.searched_paths:
+                try:
+                    value = space.get_path(config, path)
+                except (KeyError, IndexError, TypeError):
+                    continue
+                resolved[path] = value
+        for path, value in resolved.items():
             evaluated[_intern("/".join(str(p) for p in path))] = value
         tag = f"{index}_{space.format_vars(resolved)}" if resolved else str(index)
         trial = Trial(
@@ -250,7 +329,9 @@ class RunLoop:
         check = getattr(self.trial_executor, "check_fits", None)
         if check is not None:
             check(trial)
-        trial._source_index = self._sources.index(source)
+        trial._source_index = (
+            self._sources.index(source) if source.added_to is None else source.added_to
+        )
         self._track(trial)
         self._trials.append(trial)
         self._pending[trial] = None
@@ -564,10 +645,13 @@ class RunLoop:
         stopper = self._stopper
         stop_all = getattr(stopper, "stop_all", None) if stopper is not None else None
         report_period = getattr(self._reporter, "_max_report_frequency", 5) if self._reporter else None
+        commands = self.commands
         self._maybe_report(force=True)
         while True:
             if self.interrupted:
                 self._end_run("interrupted")
+            if commands is not None and commands.pending:
+                commands.run_pending()
             if self._is_finished():
                 break
             self._iteration += 1
@@ -804,6 +888,8 @@ class RunLoop:
                 f"run defines {len(self._sources)} experiment(s); resume with the same experiments."
             )
         source = self._sources[index]
+        if record.get("added_by_api"):
+            source = self._added_source_for(index)
         experiment = source.experiment
         blob = record.get("config_blob")
         config = pickle.loads(blob) if blob is not None else record.get("config") or {}
@@ -855,6 +941,7 @@ class RunLoop:
 
 
 _RESULT_COMMIT_PERIOD_S = 1.0
+_MAX_ADDED_TRIALS = 10_000
 _BACKUP_PERIOD_S = 60.0
 
 

@@ -57,7 +57,7 @@ def _relative(path: str | None, experiment_dir: str) -> str | None:
 def trial_record(trial: Any, experiment_dir: str) -> dict[str, Any]:
     """The JSON record of ``trial`` (what a resume and ExperimentAnalysis need)."""
     pgf = trial.placement_group_factory
-    return {
+    record = {
         "trial_id": trial.trial_id,
         "trainable_name": trial.trainable_name,
         "experiment_name": trial.experiment_name,
@@ -82,6 +82,9 @@ def trial_record(trial: Any, experiment_dir: str) -> dict[str, Any]:
             for entry in trial.checkpoint_manager.to_state()
         ],
     }
+    if getattr(getattr(trial, "_source", None), "added_to", None) is not None:
+        record["added_by_api"] = True  # resumed with a no-op searcher, as it ran
+    return record
 
 
 class StateStore:
