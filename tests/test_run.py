@@ -402,7 +402,6 @@ def test_mode_and_metric_errors(tmp_path):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"server_port": 4321},
         {"_remote": True},
     ],
 )

@@ -70,6 +70,8 @@ _EXPORTS: dict[str, str] = {
     "ProgressReporter": "tunekit_core.progress",
     "CLIReporter": "tunekit_core.progress",
     "JupyterNotebookReporter": "tunekit_core.progress",
+    # talking to a running experiment (run(server_port=...))
+    "TuneClient": "tunekit_core.client",
     # plugins
     "create_scheduler": "tunekit.schedulers",
     "create_searcher": "tunekit.search",
@@ -82,7 +84,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = frozenset(
     {
         "analysis", "callback", "error", "experiment", "logger", "progress_reporter",
-        "schedulers", "search", "stopper", "sync", "trainable",
+        "schedulers", "search", "stopper", "sync", "trainable", "web_server",
     }
 )
 

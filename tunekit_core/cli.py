@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from tunekit_core import cli_results, registry
+from tunekit_core import cli_results, cli_server, registry
 
 __all__ = ["build_parser", "main"]
 
@@ -59,6 +59,8 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_plugins,
     cli_results.add_ls,
     cli_results.add_best,
+    cli_server.add_dashboard,
+    cli_server.add_trials,
 ]
 
 

@@ -97,7 +97,17 @@ def run(
     if metric is not None and not isinstance(metric, str):
         raise TypeError(f"`metric` must be a string naming a reported result key, got {metric!r}.")
     resume_mode = _resume_mode(resume)
-    not_implemented_yet("server_port", server_port, None)
+    if server_port is not None:
+        if isinstance(server_port, bool) or not isinstance(server_port, int) or not (
+            0 <= server_port <= 65535
+        ):
+            raise ValueError(
+                f"server_port must be a port number (0 to 65535; 0 picks a free port), got "
+                f"{server_port!r}."
+            )
+        from .server import settings_from_env
+
+        server_host, server_token = settings_from_env()  # a bad host/token fails here
     not_implemented_yet("_remote", bool(_remote), False)
     if fail_fast not in (True, False, "raise", "RAISE"):
         raise ValueError(f"fail_fast must be True, False or 'raise'; got {fail_fast!r}.")
@@ -326,7 +336,10 @@ def run(
         loop.store = StateStore(experiment_dir, loop._state_timestamp)
 
     restore_handler = _install_sigint_handler(loop)
+    server = None
     try:
+        if server_port is not None:
+            server = _start_server(loop, server_port, server_host, server_token, metric, mode, verbose)
         trial_executor.setup(experiment_dir)
         _warn_unused_gpus(trial_executor, experiments)
         plugin_manager.hook.tunekit_on_experiment_start(
@@ -337,6 +350,10 @@ def run(
         loop.run()
         loop.finish()
     finally:
+        if server is not None:
+            from .server import finish_run_server
+
+            finish_run_server(server)
         if reporter is not None and hasattr(reporter, "close"):
             reporter.close()  # a live table ends even when the run raised
         trial_executor.shutdown()
@@ -505,6 +522,23 @@ def _resolve_callback(entry: Any, registry) -> Any:
     if isinstance(entry, type):
         return entry()
     return entry
+
+
+def _start_server(loop, port: int, host: str, token: str | None, metric, mode, verbose: int):
+    """The control server and dashboard of this run (``server_port``)."""
+    from .server import start_run_server
+
+    server = start_run_server(loop, port, host=host, token=token, metric=metric, mode=mode)
+    note = " (requests need the token in TUNEKIT_SERVER_TOKEN)" if token else ""
+    message = (
+        f"tunekit control server and dashboard: {server.url}{note}; "
+        f"tunekit.TuneClient({server.address!r}) talks to it."
+    )
+    if verbose >= 1:
+        print(message, flush=True)
+    else:
+        logger.info(message)
+    return server
 
 
 def _warn_unused_gpus(executor, experiments: list[Experiment]) -> None:
