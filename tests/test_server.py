@@ -184,6 +184,34 @@ def test_stop_experiment_ends_the_run_and_the_server(driver, client):
     assert {t.trial_id: t.config for t in analysis.trials} == {t["id"]: t["config"] for t in trials}
 
 
+def _quick(config):
+    for i in range(3):
+        tune.report(loss=(config["x"] - 2) ** 2 + 1.0 / (i + 1), score=i)
+
+
+def test_added_trials_survive_a_resume(tmp_path):
+    run = Driver(tmp_path)
+    try:
+        client = TuneClient(run.address)
+        wait_until(lambda: len(client.get_all_trials()["trials"]) >= 3, timeout=60)
+        added = client.add_trial(None, {"config": {"x": 7}})["trials"][0]
+    finally:
+        run.close()  # Ctrl+C: unfinished trials are saved to be resumed
+    assert "RUN_RETURNED" in run.text()
+    analysis = tune.run(
+        _quick, name="served", local_dir=str(tmp_path / "results"),
+        config={"x": tune.grid_search([1, 2, 3])}, resume=True, verbose=0,
+    )
+    trials = {t.trial_id: t for t in analysis.trials}
+    assert len(trials) == 4 and {t.status for t in trials.values()} == {"TERMINATED"}
+    resumed = trials[added["id"]]
+    assert resumed.config == {"x": 7} and resumed.last_result["training_iteration"] == 3
+    # it still belongs to the no-op searcher of added trials, not to the variant generator
+    assert type(resumed._source.searcher) is tune.search.Searcher
+    assert all(type(t._source.searcher) is not tune.search.Searcher
+               for i, t in trials.items() if i != added["id"])
+
+
 # ----------------------------------------------------------------------------- settings
 
 
