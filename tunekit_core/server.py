@@ -184,6 +184,18 @@ def numeric_fields(result: dict, prefix: str = "", out: dict | None = None) -> d
     return out
 
 
+def _result_value(result: dict, key: str) -> Any:
+    """``result[key]``, where ``"a/b"`` also names ``result["a"]["b"]``."""
+    if key in result or "/" not in key:
+        return result.get(key)
+    node: Any = result
+    for part in key.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def _flat_params(trial: Any) -> dict:
     """The searched parameters of a trial (its whole flattened config if none were)."""
     params = getattr(trial, "evaluated_params", None) or {}
@@ -395,6 +407,29 @@ class _Backend:
         self.metric = metric
         self.mode = mode
         self.histories = HistoryCache()
+        # (trial id, metric, mode) -> [rows list, rows seen, best, [(timestamp, value, id)]]
+        self._improvements: dict[tuple, list] = {}
+        self._improvements_lock = threading.Lock()
+
+    def improvements(self, trial: Any, metric: str, mode: str) -> list[tuple]:
+        """The results at which ``trial`` improved its own best ``metric``."""
+        rows = self.histories.rows(getattr(trial, "local_path", None))
+        key = (trial.trial_id, metric, mode)
+        with self._improvements_lock:
+            cached = self._improvements.get(key)
+            if cached is None or cached[0] is not rows:  # new, or its file was rewritten
+                cached = self._improvements[key] = [rows, 0, None, []]
+            _, seen, best, points = cached
+            for row in rows[seen:]:
+                value = row.get(metric)
+                stamp = row.get("timestamp")
+                if value is None or stamp is None:
+                    continue
+                if best is None or (value < best if mode == "min" else value > best):
+                    best = value
+                    points.append((stamp, value, trial.trial_id))
+            cached[1], cached[2] = len(rows), best
+            return list(points)
 
     def trials(self) -> list[Any]:
         raise NotImplementedError
@@ -477,6 +512,18 @@ class RunBackend(_Backend):
             ):
                 rows = [*rows, last]
         return rows
+
+    def improvements(self, trial: Any, metric: str, mode: str) -> list[tuple]:
+        points = super().improvements(trial, metric, mode)
+        last = getattr(trial, "last_result", None)  # not yet in the result file, maybe
+        if last:
+            value = _number(_result_value(last, metric))
+            stamp = _number(last.get("timestamp"))
+            if value is not None and stamp is not None and (
+                not points or (value < points[-1][1] if mode == "min" else value > points[-1][1])
+            ):
+                points.append((stamp, value, trial.trial_id))
+        return points
 
     def add(self, name: str | None, spec: dict) -> list[Any]:
         names = self.loop.experiment_names()
@@ -619,19 +666,15 @@ class DirectoryBackend(_Backend):
 
 
 def best_so_far(backend: _Backend, metric: str, mode: str) -> list[list]:
-    """``[[timestamp, best value, trial id], ...]``: each improvement of the best ``metric``."""
+    """``[[timestamp, best value, trial id], ...]``: each improvement of the best ``metric``.
+
+    Only a point that improves its own trial's best can improve the best of all, so
+    each trial contributes its improvements (kept per trial, extended as its result
+    file grows): a poll costs little more than the rows that are new since the last.
+    """
     points = []
     for trial in backend.trials():
-        rows = backend.history(trial)
-        best = None
-        for row in rows:
-            value = row.get(metric)
-            stamp = row.get("timestamp")
-            if value is None or stamp is None:
-                continue
-            if best is None or (value < best if mode == "min" else value > best):
-                best = value
-                points.append((stamp, value, trial.trial_id))
+        points.extend(backend.improvements(trial, metric, mode))
     points.sort(key=lambda p: p[0])
     out = []
     best = None
