@@ -553,3 +553,24 @@ def test_run_remote_runs_the_driver_as_a_ray_task(cluster, tmp_path):
     frames = analysis.trial_dataframes
     assert sorted(float(f["score"].iloc[-1]) for f in frames.values()) == [2.0, 4.0]
     pickle.dumps(analysis)  # plain records: it travelled back from the cluster
+
+
+def test_run_with_remote_true_is_run_remote(cluster, tmp_path):
+    record = tmp_path / "driver_pid"
+    analysis = tunekit.run(
+        _quick,
+        config={"x": tunekit.grid_search([3, 1])},
+        metric="score",
+        mode="min",
+        local_dir=str(tmp_path),
+        name="remote_flag",
+        callbacks=[_RecordDriver(str(record))],
+        verbose=0,
+        _remote=True,
+    )
+    assert int(record.read_text()) != os.getpid()  # the driver ran elsewhere
+    assert analysis.best_config == {"x": 1}
+    assert analysis.experiment_path == str(tmp_path / "remote_flag")
+    with pytest.raises(ValueError, match="cannot use a custom trial_executor"):
+        tunekit.run(_quick, config={"x": 1}, verbose=0, local_dir=str(tmp_path),
+                    trial_executor="local", _remote=True)

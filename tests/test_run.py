@@ -399,16 +399,11 @@ def test_mode_and_metric_errors(tmp_path):
     assert "'loss'" in text and "other" in text
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"_remote": True},
-    ],
-)
-def test_later_parameters_raise_not_implemented(tmp_path, kwargs):
-    name = next(iter(kwargs))
-    with pytest.raises(NotImplementedError, match=name):
-        run(quadratic, tmp_path, config={"x": 1}, **kwargs)
+def test_remote_driver_needs_the_ray_executor(tmp_path):
+    # _remote=True runs the driver on a Ray cluster (tests/test_ray_executor.py); with a
+    # custom executor that cannot work, and run() says so before touching Ray.
+    with pytest.raises(ValueError, match="cannot use a custom trial_executor"):
+        run(quadratic, tmp_path, config={"x": 1}, trial_executor="local", _remote=True)
 
 
 def test_deprecated_parameters(tmp_path):

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import uuid
@@ -16,7 +17,7 @@ from typing import Any
 
 from .env import env_flag
 from .errors import TuneError
-from .experiment import Experiment, budget_seconds, not_implemented_yet
+from .experiment import Experiment, budget_seconds
 from .resources import PlacementGroupFactory
 from .trial import TERMINATED
 
@@ -84,6 +85,12 @@ def run(
     ``(unfinished, errored)`` with unfinished ``"resume"``/``"skip"`` and errored
     ``None``/``"resume"``/``"restart"``, the trials a resume continues.
     """
+    # First: the arguments as given, for _remote=True (nothing may be defined above).
+    remote_kwargs = dict(locals())
+    if _remote is None:
+        _remote = _ray_client_connected()  # Ray Tune: on by default in Ray client mode
+    if _remote:
+        return _run_remote(remote_kwargs)
     if queue_trials is not None:
         raise DeprecationWarning(
             "`queue_trials` is deprecated and has no effect: tunekit always queues trials "
@@ -108,7 +115,6 @@ def run(
         from .server import settings_from_env
 
         server_host, server_token = settings_from_env()  # a bad host/token fails here
-    not_implemented_yet("_remote", bool(_remote), False)
     if fail_fast not in (True, False, "raise", "RAISE"):
         raise ValueError(f"fail_fast must be True, False or 'raise'; got {fail_fast!r}.")
     if fail_fast == "RAISE":
@@ -378,6 +384,38 @@ def run(
     from .analysis import ExperimentAnalysis
 
     return ExperimentAnalysis(experiment_dir, trials=trials, default_metric=metric, default_mode=mode)
+
+
+def _ray_client_connected() -> bool:
+    """True when this process is a Ray client (``ray.init("ray://...")``); Ray is never
+    imported here."""
+    ray = sys.modules.get("ray")
+    if ray is None:
+        return False
+    try:
+        from ray.util.client import ray as client
+
+        return bool(client.is_connected())
+    except Exception:  # noqa: BLE001 - an unusual Ray: not a client
+        return False
+
+
+def _run_remote(kwargs: dict[str, Any]):
+    """``run(..., _remote=True)``: the driver runs as a task on the Ray cluster."""
+    from . import registry
+
+    executor = kwargs.get("trial_executor")
+    if executor is not None and executor != "ray":
+        raise ValueError(
+            f"_remote=True runs the tuning driver on the Ray cluster with the Ray executor, so it "
+            f"cannot use a custom trial_executor (got {executor!r}). Remove trial_executor, or "
+            "pass _remote=False to run the driver in this process."
+        )
+    run_remote = registry.import_plugin_attribute(
+        "tunekit_ray", "run_remote", "tunekit-ray", "tunekit_ray"
+    )
+    kwargs = {k: v for k, v in kwargs.items() if k != "_remote"}
+    return run_remote(kwargs.pop("run_or_experiment"), **kwargs)
 
 
 _RESUME_MODES = {"LOCAL", "AUTO", "PROMPT", "ERRORED_ONLY", "REMOTE"}
