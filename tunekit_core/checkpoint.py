@@ -190,8 +190,9 @@ class TrialCheckpoints:
             raise ValueError(f"keep_checkpoints_num must be >= 1 or None, got {keep}.")
         self.keep = keep
         self.score_attr, self.score_mode = parse_score_attr(score_attr)
-        # (path, iteration, score, result snapshot of the metrics)
-        self.entries: list[dict[str, Any]] = []
+        # {"path", "iteration", "score"} per kept checkpoint, oldest first. A shared empty
+        # tuple until the first checkpoint: most trials of a large search never save one.
+        self.entries: list[dict[str, Any]] | tuple = ()
 
     @property
     def latest(self) -> dict[str, Any] | None:

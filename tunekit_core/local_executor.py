@@ -46,9 +46,10 @@ def _node_ip(hostname: str) -> str:
 
 
 class _Worker:
-    __slots__ = ("proc", "conn", "gpu_ids", "trial", "known", "retiring", "kill_at")
+    __slots__ = ("proc", "conn", "gpu_ids", "trial", "known", "retiring", "kill_at", "location")
 
     def __init__(self, proc: subprocess.Popen, conn: Connection, gpu_ids: tuple[str, ...]):
+        self.location: tuple[int, str, str] | None = None  # (pid, hostname, node ip)
         self.proc = proc
         self.conn = conn
         self.gpu_ids = gpu_ids
@@ -325,8 +326,11 @@ class LocalExecutor(Executor):
 
     def trial_location(self, trial) -> tuple[int, str, str]:
         worker = self._by_trial.get(trial)
-        pid = worker.proc.pid if worker is not None else 0
-        return pid, self._hostname, self._node_ip
+        if worker is None:
+            return 0, self._hostname, self._node_ip
+        if worker.location is None:  # one tuple per worker, shared by all its trials
+            worker.location = (worker.proc.pid, self._hostname, self._node_ip)
+        return worker.location
 
     def _free(self, worker: _Worker) -> None:
         trial = worker.trial

@@ -128,6 +128,7 @@ class RunLoop:
         # the state database: trials that changed since the last commit
         self.store = None
         self._dirty: dict[Trial, None] = {}
+        self._sink = self._status_changed  # one bound method shared by every trial
         self._urgent = False  # a status or checkpoint changed: commit at the end of this step
         self._searchers_dirty = True
         self._prune_after_commit: list[str] = []
@@ -340,7 +341,7 @@ class RunLoop:
         return trial
 
     def _track(self, trial: Trial) -> None:
-        trial._state_sink = self._status_changed
+        trial._state_sink = self._sink
         self._dirty[trial] = None
         self._urgent = True
 
@@ -870,7 +871,7 @@ class RunLoop:
                 if not scheduler_restored:
                     self._scheduler.on_trial_add(self, trial)
             self._trials.append(trial)
-            trial._state_sink = self._status_changed
+            trial._state_sink = self._sink
             self._dirty[trial] = None
         self._urgent = True
         if self.store is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from types import MappingProxyType
 from typing import Any
 
 from .resources import PlacementGroupFactory
@@ -22,6 +23,10 @@ _TRANSITIONS: dict[str, frozenset[str]] = {
     ERROR: frozenset({PENDING}),
     TERMINATED: frozenset(),
 }
+
+
+# One read-only empty mapping shared by every trial without stop criteria.
+_NO_CRITERIA: Any = MappingProxyType({})
 
 
 class IllegalTransition(RuntimeError):
@@ -61,13 +66,15 @@ class Trial:
         self.experiment_tag = experiment_tag
         self.evaluated_params = evaluated_params or {}
         self.placement_group_factory = resources or PlacementGroupFactory([{"CPU": 1.0}])
-        self.stopping_criterion = stopping_criterion or {}
+        self.stopping_criterion = stopping_criterion or _NO_CRITERIA
         self.experiment_name = experiment_name
         self.local_dir = local_dir  # the experiment directory
         self.max_failures = max_failures
         self.log_to_file = log_to_file
         self.status = PENDING
-        self.status_history: list[tuple[str, float]] = [(PENDING, time.time())]
+        # Transitions as one flat tuple (status, time, status, time, ...): a few objects per
+        # trial instead of a list of pairs; `status_history` gives the pairs.
+        self._history: tuple = (PENDING, time.time())
         self.last_result: dict[str, Any] = {}
         self.local_path: str | None = None
         self.error_file: str | None = None
@@ -132,6 +139,16 @@ class Trial:
         return Checkpoint(latest["path"])
 
     @property
+    def status_history(self) -> list[tuple[str, float]]:
+        """Every status the trial has had, with the time it was entered, oldest first."""
+        history = self._history
+        return [(history[i], history[i + 1]) for i in range(0, len(history), 2)]
+
+    @status_history.setter
+    def status_history(self, steps) -> None:
+        self._history = tuple(value for step in steps for value in step)
+
+    @property
     def is_finished(self) -> bool:
         return self.status in (TERMINATED, ERROR)
 
@@ -145,7 +162,7 @@ class Trial:
                 f"{', '.join(sorted(_TRANSITIONS[self.status])) or 'none (final state)'}."
             )
         self.status = status
-        self.status_history.append((status, time.time()))
+        self._history += (status, time.time())
         if self._state_sink is not None:
             self._state_sink(self)
 
