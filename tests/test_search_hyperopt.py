@@ -298,6 +298,30 @@ def test_seeds_and_initial_points(tmp_path):
     assert xs[0] == xs[1] and len(set(xs[0])) == 5
 
 
+def test_gamma_reaches_tpe(monkeypatch):
+    import hyperopt.tpe
+
+    seen = []
+    original = hyperopt.tpe.suggest
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("gamma"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(hyperopt.tpe, "suggest", spy)
+    space = {"x": tune.uniform(0, 1), "y": tune.uniform(0, 1)}
+    loss = lambda c: (c["x"] - 0.3) ** 2 + (c["y"] - 0.6) ** 2  # noqa: E731
+    make = lambda gamma: HyperOptSearch(  # noqa: E731
+        space, metric="loss", mode="min", random_state_seed=3, n_initial_points=4, gamma=gamma)
+    narrow = drive(make(0.1), 12, loss)
+    assert seen and set(seen) == {0.1}
+    seen.clear()
+    wide = drive(make(0.9), 12, loss)
+    assert set(seen) == {0.9}
+    # same seed: the same random start, then TPE's split by gamma makes them differ
+    assert narrow[:4] == wide[:4] and narrow[4:] != wide[4:]
+
+
 def test_save_restore_continues_without_repeating(tmp_path):
     space = {"x": tune.uniform(0, 1), "m": tune.choice([{"k": tune.randint(0, 5)}, "off"])}
     loss = lambda c: (c["x"] - 0.4) ** 2  # noqa: E731
