@@ -97,5 +97,9 @@ class Executor:
     def wakeup(self) -> None:
         """Make a blocked :meth:`wait` return early; safe to call from a signal handler."""
 
+    def retire_idle(self) -> None:
+        """No trial will start any more: idle workers may go now, while the driver saves its
+        final state (:meth:`shutdown` still follows). Nothing by default."""
+
     def shutdown(self) -> None:
         """Stop every process; called once at the end of a run, also on errors."""

@@ -438,6 +438,11 @@ class LocalExecutor(Executor):
             except (BlockingIOError, OSError):
                 pass
 
+    def retire_idle(self) -> None:
+        for worker in self._workers.values():
+            if worker.trial is None and not worker.retiring:
+                self._retire(worker)
+
     def shutdown(self) -> None:
         workers = list(self._workers.values())
         for worker in workers:

@@ -695,6 +695,7 @@ class RunLoop:
             self._maybe_report()
             self._maybe_save_state()
         self._drain()
+        executor.retire_idle()  # workers exit while the final state is saved
 
     def _drain(self) -> None:
         """Let stopped trials' processes finish (or be killed after the grace period).

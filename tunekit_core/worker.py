@@ -402,6 +402,9 @@ def _restore(saved) -> None:
 def main() -> None:
     fd = int(sys.argv[1])
     Worker(Connection(fd)).serve()
+    # serve() ended the trainables and flushed the output: exit without the interpreter's
+    # teardown, which costs time and would wait for threads a trainable left running.
+    os._exit(0)
 
 
 if __name__ == "__main__":
