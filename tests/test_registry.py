@@ -410,8 +410,107 @@ def test_facade_names_the_missing_distribution(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(
         tunekit.schedulers._LAZY, "ASHAScheduler", ("tk_no_such_module", "tunekit-hyperband")
     )
-    with pytest.raises(ImportError, match=r"pip install tunekit-hyperband.*tunekit\[all\]"):
+    with pytest.raises(ImportError, match=r"pip install tunekit-hyperband.*tunekit\[schedulers\]"):
         tunekit.schedulers.ASHAScheduler  # noqa: B018
+
+
+# -- names of tunekit's own plugins whose distribution is not installed ---------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shipped_entry_points() -> dict[tuple[str, str], str]:
+    """(kind, name) -> distribution, read from the pyproject.toml of every folder under plugins/."""
+    import tomllib
+
+    found: dict[tuple[str, str], str] = {}
+    for pyproject in sorted(REPO.glob("plugins/*/pyproject.toml")):
+        project = tomllib.loads(pyproject.read_text())["project"]
+        for group, entries in project.get("entry-points", {}).items():
+            if group in registry.GROUPS.values() and group != registry.GROUPS["plugin"]:
+                kind = group.removeprefix("tunekit.").removesuffix("s")
+                for name in entries:
+                    found[(kind, name)] = project["name"]
+    return found
+
+
+def test_shipped_plugins_table_matches_the_plugin_distributions() -> None:
+    import tomllib
+
+    shipped = _shipped_entry_points()
+    assert ("scheduler", "asha") in shipped and ("searcher", "optuna") in shipped  # read them
+    table = {key: distribution for key, (distribution, _) in registry.SHIPPED_PLUGINS.items()}
+    assert table == shipped
+    # the extra named for each distribution installs it
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for distribution, extra in set(registry.SHIPPED_PLUGINS.values()):
+        assert distribution in extras[extra], (distribution, extra)
+
+
+def _hide_distribution(monkeypatch: pytest.MonkeyPatch, distribution: str) -> None:
+    """Make the registry's scan look as if ``distribution`` were not installed."""
+    index = registry._get_index()
+    hidden = {
+        kind: {
+            name: kept
+            for name, entries in by_name.items()
+            if (kept := [e for e in entries if e.distribution != distribution])
+        }
+        for kind, by_name in index.items()
+    }
+    assert hidden != index  # it was installed
+    monkeypatch.setattr(registry, "_index", hidden)
+    monkeypatch.setattr(registry, "_loaded", {})
+
+
+def test_missing_scheduler_distribution_is_an_import_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import tunekit as tune
+
+    _hide_distribution(monkeypatch, "tunekit-hyperband")
+    for name in ("asha", "async_hyperband", "hyperband", "hb_bohb", "median_stopping_rule"):
+        with pytest.raises(ImportError) as caught:
+            tune.run(lambda config: tune.report(score=1), scheduler=name, metric="score",
+                     mode="max", local_dir=str(tmp_path), verbose=0)
+        error = caught.value
+        message = str(error)
+        assert f"The scheduler {name!r} is provided by the plugin distribution 'tunekit-hyperband'" in message
+        assert "pip install tunekit-hyperband" in message and "tunekit[schedulers]" in message
+        assert "fifo" in message.split("Installed schedulers: ")[1]
+        # still catchable as before: an UnknownPluginError, which is a ValueError
+        assert isinstance(error, registry.MissingPluginError)
+        assert isinstance(error, UnknownPluginError) and isinstance(error, ValueError)
+        assert (error.kind, error.name, error.distribution) == ("scheduler", name, "tunekit-hyperband")
+    assert not list(tmp_path.rglob("result.json"))  # no trial ran
+    # the other schedulers are unaffected
+    assert registry.load("scheduler", "pbt").__name__ == "PopulationBasedTraining"
+
+
+def test_missing_searcher_and_logger_distributions_name_them(monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    import tunekit as tune
+    from tunekit.search import create_searcher
+
+    _hide_distribution(monkeypatch, "tunekit-optuna")
+    with pytest.raises(ImportError, match=r"pip install tunekit-optuna.*tunekit\[optuna\]"):
+        create_searcher("optuna")
+    _hide_distribution(monkeypatch, "tunekit-tensorboard")
+    # run(callbacks=[...]) looks names up among callbacks and loggers
+    with pytest.raises(ImportError, match=r"pip install tunekit-tensorboard.*tunekit\[tensorboard\]"):
+        tune.run(lambda config: tune.report(score=1), callbacks=["tensorboard"],
+                 local_dir=str(tmp_path), verbose=0)
+    _hide_distribution(monkeypatch, "tunekit-ray")
+    with pytest.raises(ImportError, match=r"pip install tunekit-ray.*tunekit\[ray\]"):
+        registry.create("executor", "ray")
+
+
+def test_unknown_third_party_names_are_not_import_errors() -> None:
+    for kind, name in (("scheduler", "acme_sched"), ("searcher", "asha"), ("logger", "optuna")):
+        with pytest.raises(UnknownPluginError) as caught:
+            registry.load(kind, name)
+        assert not isinstance(caught.value, ImportError)
+        assert str(caught.value).startswith(f"Unknown {kind} {name!r}.")
 
 
 # -- TrialScheduler and FIFOScheduler ------------------------------------------------------

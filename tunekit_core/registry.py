@@ -30,9 +30,11 @@ if TYPE_CHECKING:  # importlib.metadata costs tens of ms: imported when first ne
 __all__ = [
     "GROUPS",
     "KINDS",
+    "MissingPluginError",
     "PluginConflictWarning",
     "PluginInfo",
     "PluginLoadError",
+    "SHIPPED_PLUGINS",
     "UnknownPluginError",
     "check_import",
     "clear_cache",
@@ -41,6 +43,7 @@ __all__ = [
     "list_plugins",
     "load",
     "names",
+    "unknown_plugin_error",
 ]
 
 #: The kinds of plugins, in the order listings show them.
@@ -55,6 +58,34 @@ _KIND_OF_GROUP = {group: kind for kind, group in GROUPS.items()}
 STANDARD_DISTRIBUTIONS = frozenset({"tunekit-basic-search", "tunekit-fifo", "tunekit-loggers"})
 
 INSTALL_HINT = "install the plugins tunekit ships with `pip install tunekit[all]`."
+
+#: The plugins tunekit's own distributions (the folders under ``plugins/``) register:
+#: (kind, name) -> (distribution, the ``tunekit[...]`` extra that installs it). Read when
+#: a name is not installed, to say which distribution to install; it must match the
+#: distributions' entry points (tests/test_registry.py checks it against their
+#: pyproject.toml files). The core's own ``local`` executor is always installed.
+SHIPPED_PLUGINS: dict[tuple[str, str], tuple[str, str]] = {
+    ("searcher", "random"): ("tunekit-basic-search", "standard"),
+    ("searcher", "grid"): ("tunekit-basic-search", "standard"),
+    ("searcher", "variant_generator"): ("tunekit-basic-search", "standard"),
+    ("searcher", "optuna"): ("tunekit-optuna", "optuna"),
+    ("searcher", "hyperopt"): ("tunekit-hyperopt", "hyperopt"),
+    ("scheduler", "fifo"): ("tunekit-fifo", "standard"),
+    ("scheduler", "asha"): ("tunekit-hyperband", "schedulers"),
+    ("scheduler", "async_hyperband"): ("tunekit-hyperband", "schedulers"),
+    ("scheduler", "hyperband"): ("tunekit-hyperband", "schedulers"),
+    ("scheduler", "hb_bohb"): ("tunekit-hyperband", "schedulers"),
+    ("scheduler", "median_stopping_rule"): ("tunekit-hyperband", "schedulers"),
+    ("scheduler", "pbt"): ("tunekit-pbt", "schedulers"),
+    ("scheduler", "pbt_replay"): ("tunekit-pbt", "schedulers"),
+    ("scheduler", "pb2"): ("tunekit-pbt", "schedulers"),
+    ("logger", "json"): ("tunekit-loggers", "standard"),
+    ("logger", "csv"): ("tunekit-loggers", "standard"),
+    ("logger", "tensorboard"): ("tunekit-tensorboard", "tensorboard"),
+    ("logger", "mlflow"): ("tunekit-mlflow", "mlflow"),
+    ("callback", "mlflow"): ("tunekit-mlflow", "mlflow"),
+    ("executor", "ray"): ("tunekit-ray", "ray"),
+}
 
 
 class UnknownPluginError(ValueError):
@@ -77,6 +108,51 @@ class UnknownPluginError(ValueError):
             f"{GROUPS[kind]!r}; {INSTALL_HINT}"
         )
         super().__init__(text)
+
+
+class MissingPluginError(UnknownPluginError, ImportError):
+    """The name belongs to a plugin tunekit ships whose distribution is not installed.
+
+    An ``ImportError`` that says which distribution to install; it is also an
+    :class:`UnknownPluginError` (a ``ValueError``), so code catching unknown names
+    keeps working; ``name`` is the plugin name, as for UnknownPluginError.
+    """
+
+    def __init__(self, kind: str, name: str, installed: list[str], distribution: str,
+                 extra: str) -> None:
+        super().__init__(kind, name, installed)
+        self.distribution = distribution
+        self.extra = extra
+        plural = _plural(kind)
+        listed = f"Installed {plural}: {', '.join(installed)}." if installed else (
+            f"No {plural} are installed."
+        )
+        text = (
+            f"The {kind} {name!r} is provided by the plugin distribution {distribution!r}, "
+            f"which is not installed. Install it with `pip install {distribution}` (or "
+            f"`pip install tunekit[{extra}]`). {listed}"
+        )
+        self.args = (text,)
+        self.msg = text  # what ImportError shows; ``name`` stays the plugin name
+
+
+def unknown_plugin_error(kind: str, name: str, installed: list[str],
+                         also: tuple[str, ...] = ()) -> UnknownPluginError:
+    """The error for a ``name`` of ``kind`` that no installed distribution registers.
+
+    A name of a plugin tunekit ships (:data:`SHIPPED_PLUGINS`, as ``kind`` or as
+    one of the kinds in ``also``) gives a :class:`MissingPluginError` naming the
+    distribution to install; any other name an :class:`UnknownPluginError`
+    listing the ``installed`` names.
+    """
+    kind = _check_kind(kind)
+    if isinstance(name, str):
+        for shipped_kind in (kind, *(_check_kind(k) for k in also)):
+            shipped = SHIPPED_PLUGINS.get((shipped_kind, name))
+            if shipped is not None:
+                distribution, extra = shipped
+                return MissingPluginError(kind, name, installed, distribution, extra)
+    return UnknownPluginError(kind, name, installed)
 
 
 class PluginLoadError(ImportError):
@@ -289,7 +365,7 @@ def _resolve(kind: str, name: str) -> _Entry:
     by_name = _get_index()[kind]
     candidates = by_name.get(name)
     if not candidates:
-        raise UnknownPluginError(kind, name, sorted(by_name))
+        raise unknown_plugin_error(kind, name, sorted(by_name))
     first = candidates[0]
     others = [c for c in candidates[1:] if c.distribution != first.distribution]
     if others and (kind, name) not in _warned_conflicts:
@@ -318,7 +394,9 @@ def _describe(error: BaseException) -> str:
 def load(kind: str, name: str) -> Any:
     """Import and return the class or factory registered as ``name`` for ``kind``.
 
-    Raises :class:`UnknownPluginError` when no such name is installed and
+    Raises :class:`UnknownPluginError` when no such name is installed (its
+    subclass :class:`MissingPluginError`, also an ImportError, when the name is one
+    of tunekit's own plugins whose distribution is missing) and
     :class:`PluginLoadError` when the plugin fails to import. Loaded plugins are
     cached for the process.
     """
@@ -467,6 +545,14 @@ def check_import(kind: str, name: str) -> PluginInfo:
     return entry.info(problem is None, problem, True)
 
 
+def _extra_of(distribution: str) -> str:
+    """The ``tunekit[...]`` extra that installs one of tunekit's plugin distributions."""
+    for shipped, extra in SHIPPED_PLUGINS.values():
+        if shipped == distribution:
+            return extra
+    return "standard" if distribution in STANDARD_DISTRIBUTIONS else "all"
+
+
 def import_plugin_attribute(module: str, attribute: str, distribution: str, facade: str) -> Any:
     """Import ``attribute`` from a plugin ``module`` for a public facade's lazy names.
 
@@ -478,7 +564,7 @@ def import_plugin_attribute(module: str, attribute: str, distribution: str, faca
     except ModuleNotFoundError as error:
         if error.name is None or error.name.split(".")[0] != module.split(".")[0]:
             raise
-        extra = "standard" if distribution in STANDARD_DISTRIBUTIONS else "all"
+        extra = _extra_of(distribution)
         raise ImportError(
             f"{facade}.{attribute} is provided by the plugin distribution {distribution!r}, "
             f"which is not installed. Install it with `pip install {distribution}` "

@@ -554,8 +554,8 @@ def _resolve_callback(entry: Any, registry) -> Any:
         logger_names = registry.names("logger")
         if entry in logger_names:
             return registry.create("logger", entry)
-        raise registry.UnknownPluginError(
-            "callback", entry, sorted(set(callback_names) | set(logger_names))
+        raise registry.unknown_plugin_error(
+            "callback", entry, sorted(set(callback_names) | set(logger_names)), also=("logger",)
         )
     if isinstance(entry, type):
         return entry()

@@ -35,7 +35,9 @@ def create_scheduler(scheduler: str, /, **kwargs: Any) -> TrialScheduler:
     """Instantiate the scheduler installed under the name ``scheduler`` with ``kwargs``.
 
     For example ``create_scheduler("fifo")``. An unknown name raises
-    ``UnknownPluginError`` (a ValueError) listing the installed schedulers.
+    ``UnknownPluginError`` (a ValueError) listing the installed schedulers; the name
+    of a scheduler whose tunekit plugin distribution is not installed raises its
+    subclass ``MissingPluginError``, also an ImportError, naming the distribution.
     """
     return registry.create("scheduler", scheduler, **kwargs)
 
