@@ -336,3 +336,236 @@ def test_truncate_results_keeps_rows_up_to_the_restart_point(tmp_path):
     assert kept() == [1, 2, 3, 4, 5, 6, 3, 4, 5]
     truncate_results(str(tmp_path), 0)
     assert kept() == []
+
+
+# -- a trial process that dies while a checkpoint is being written -----------------------------
+
+BIG = 64 << 20  # large enough that copying it takes a while
+
+
+def _big_pattern() -> bytes:
+    return bytes(range(256)) * (BIG // 256)
+
+
+def _kill_when_partly_copied(trial_dir, marker):
+    """SIGKILL this process as soon as a copy of big.bin in ``trial_dir`` is partly written.
+
+    Records what the trial directory held at that moment in ``marker``. Gives up (and the
+    trainable tries again at its next report) if the copy completes first.
+    """
+    import signal
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for entry in os.scandir(trial_dir):
+            if not entry.is_dir():
+                continue
+            try:
+                size = os.stat(os.path.join(entry.path, "big.bin")).st_size
+            except OSError:
+                continue
+            if size == BIG and entry.name.startswith("checkpoint_"):
+                return  # the copy completed before this thread saw it: try again
+            if 0 < size < BIG:
+                listing = {
+                    e.name: sorted(os.listdir(e.path)) for e in os.scandir(trial_dir) if e.is_dir()
+                }
+                with open(marker, "w") as f:
+                    json.dump({"partial": entry.name, "size": size, "listing": listing}, f)
+                os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(0.0002)
+
+
+def big_checkpoint_then_killed(config):
+    """Counts to 8 with a small checkpoint per step. From step 3 on, until it has been
+    killed once, each checkpoint also holds a 64 MB file and a thread SIGKILLs this trial
+    process while tunekit copies that file into the trial directory."""
+    import shutil
+    import tempfile
+    import threading
+    import time
+
+    start = 0
+    if tune.get_checkpoint() is not None:
+        with tune.get_checkpoint().as_directory() as d:
+            start = json.load(open(os.path.join(d, "state.json")))["i"]
+    with open(os.path.join(config["dir"], "starts"), "a") as f:
+        f.write(f"{start}\n")
+    marker = os.path.join(config["dir"], "killed.json")
+    for i in range(start + 1, 9):
+        time.sleep(0.02)
+        d = tempfile.mkdtemp()
+        json.dump({"i": i}, open(os.path.join(d, "state.json"), "w"))
+        if i >= 3 and not os.path.exists(marker):
+            with open(os.path.join(d, "big.bin"), "wb") as f:
+                f.write(_big_pattern())
+            threading.Thread(
+                target=_kill_when_partly_copied, args=(tune.get_trial_dir(), marker), daemon=True
+            ).start()
+        tune.report({"i": i, "resumed_from": start}, checkpoint=tune.Checkpoint.from_directory(d))
+        shutil.rmtree(d)
+
+
+class LatestCheckpointAtFailure(tune.Callback):
+    """Records, at each failure, the latest checkpoint the driver had of the trial and the
+    directories in the trial directory then: {name: {file: size}}."""
+
+    def __init__(self):
+        self.at_failure = []
+        self.dirs_at_failure = []
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.at_failure.append(trial.checkpoint.path if trial.checkpoint else None)
+        self.dirs_at_failure.append({
+            e.name: {f.name: f.stat().st_size for f in os.scandir(e.path)}
+            for e in os.scandir(trial.local_path) if e.is_dir()
+        })
+
+
+def _assert_complete_checkpoints(trial_dir, check_files):
+    """Every directory with a checkpoint's name has tunekit's metadata and complete data."""
+    names = sorted(n for n in os.listdir(trial_dir) if n.startswith("checkpoint_"))
+    assert names
+    for name in names:
+        path = os.path.join(trial_dir, name)
+        metadata = Checkpoint(path).get_metadata()
+        assert metadata.get("iteration") == int(name.split("_")[1]), (path, metadata)
+        check_files(path, metadata["iteration"])
+
+
+def test_trial_killed_while_a_checkpoint_is_copied_retries_from_the_previous_one(tmp_path):
+    recorder = LatestCheckpointAtFailure()
+    analysis = run(big_checkpoint_then_killed, tmp_path, name="big", config={"dir": str(tmp_path)},
+                   max_failures=1, callbacks=[recorder])
+    trial = analysis.trials[0]
+    marker = tmp_path / "killed.json"
+    assert marker.exists(), "the trial process was never killed while its checkpoint was copied"
+    killed = json.loads(marker.read_text())
+    # At the kill, the partly written copy had a temporary name, never a checkpoint's.
+    assert not killed["partial"].startswith("checkpoint_"), killed
+    assert 0 < killed["size"] < BIG
+
+    assert trial.status == "TERMINATED" and trial.num_failures == 1
+    assert "SIGKILL" in open(trial.error_file).read()
+    # When the driver learnt of the death, nothing with a checkpoint's name held part of one.
+    for name, files in recorder.dirs_at_failure[0].items():
+        if name.startswith("checkpoint_"):
+            assert files.get("big.bin", BIG) == BIG and "state.json" in files, (name, files)
+    # The retry continued from the latest checkpoint the driver had when the process died.
+    assert len(recorder.at_failure) == 1 and recorder.at_failure[0] is not None
+    restored = Checkpoint(recorder.at_failure[0]).get_metadata()["iteration"]
+    starts = [int(line) for line in (tmp_path / "starts").read_text().split()]
+    assert starts == [0, restored] and restored >= 1
+    assert [r["training_iteration"] for r in rows(trial)] == list(range(1, 9))
+    assert [r["i"] for r in rows(trial)] == list(range(1, 9))
+
+    pattern = _big_pattern()
+
+    def check_files(path, iteration):
+        assert json.load(open(os.path.join(path, "state.json"))) == {"i": iteration}
+        big = os.path.join(path, "big.bin")
+        if os.path.exists(big):
+            with open(big, "rb") as f:
+                assert f.read() == pattern, f"{big} is incomplete"
+
+    _assert_complete_checkpoints(trial.local_path, check_files)
+    # The analysis (from the directory, as after the run) lists complete checkpoints only.
+    later = tune.ExperimentAnalysis(str(tmp_path / "big"))
+    listed = [path for path, _ in later.get_trial_checkpoints_paths(later.trials[0])]
+    assert listed and all(os.path.basename(p).startswith("checkpoint_") for p in listed)
+    for path in listed:
+        check_files(path, Checkpoint(path).get_metadata()["iteration"])
+
+
+class DiesWhileSaving(tune.Trainable):
+    """Saves two files per checkpoint; its first save at iteration 3 dies between them."""
+
+    def setup(self, config):
+        self.value = 0
+        self.restored_from = 0
+
+    def step(self):
+        self.value += 1
+        return {"value": self.value, "restored_from": self.restored_from}
+
+    def save_checkpoint(self, checkpoint_dir):
+        with open(os.path.join(checkpoint_dir, "part1.txt"), "w") as f:
+            f.write(str(self.value))
+        marker = os.path.join(self.config["dir"], "died-while-saving")
+        if self.value == 3 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)  # the trial process dies with half of the checkpoint written
+        with open(os.path.join(checkpoint_dir, "part2.txt"), "w") as f:
+            f.write(str(self.value))
+
+    def load_checkpoint(self, checkpoint_dir):
+        parts = [open(os.path.join(checkpoint_dir, n)).read() for n in ("part1.txt", "part2.txt")]
+        assert parts[0] == parts[1], parts
+        self.value = self.restored_from = int(parts[0])
+
+
+def _check_two_parts(path, iteration):
+    for name in ("part1.txt", "part2.txt"):
+        assert open(os.path.join(path, name)).read() == str(iteration), (path, name)
+
+
+def _partial_saves(dirs):
+    """Of ``{name: files}``, the directories holding only the first half of a checkpoint."""
+    return [name for name, files in dirs.items() if "part1.txt" in files and "part2.txt" not in files]
+
+
+def _dirs(trial_dir):
+    return {e.name: os.listdir(e.path) for e in os.scandir(trial_dir) if e.is_dir()}
+
+
+@pytest.mark.parametrize("recovery", ["retry", "resume"])
+def test_save_checkpoint_dying_midway_leaves_no_complete_looking_checkpoint(tmp_path, recovery):
+    stop = {"training_iteration": 5}
+    recorder = LatestCheckpointAtFailure()
+    if recovery == "retry":
+        analysis = run(DiesWhileSaving, tmp_path, name="retry", config={"dir": str(tmp_path)},
+                       checkpoint_freq=1, max_failures=1, stop=stop, callbacks=[recorder])
+        trial = analysis.trials[0]
+        assert trial.num_failures == 1
+    else:
+        # The trial fails for good; a resume continues it from its latest checkpoint.
+        config = tune.RunConfig(
+            name="resume", storage_path=str(tmp_path), stop=stop, verbose=0, callbacks=[recorder],
+            failure_config=tune.FailureConfig(max_failures=0),
+            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1),
+        )
+        tune.Tuner(DiesWhileSaving, param_space={"dir": str(tmp_path)}, run_config=config).fit()
+        errored = tune.ExperimentAnalysis(str(tmp_path / "resume")).trials[0]
+        assert errored.status == "ERROR"
+        assert _partial_saves(_dirs(errored.local_path))  # the half-written save is still there
+        listed = [p for p, _ in tune.ExperimentAnalysis(str(tmp_path / "resume"))
+                  .get_trial_checkpoints_paths(errored)]
+        assert listed and all(os.path.basename(p).startswith("checkpoint_") for p in listed)
+        for path in listed:
+            _check_two_parts(path, Checkpoint(path).get_metadata()["iteration"])
+        assert errored.checkpoint.path == recorder.at_failure[0]
+        tuner = tune.Tuner.restore(str(tmp_path / "resume"), DiesWhileSaving, resume_errored=True)
+        tuner.fit()
+        analysis = tune.ExperimentAnalysis(str(tmp_path / "resume"))
+        trial = analysis.trials[0]
+        assert _partial_saves(_dirs(trial.local_path)) == []  # a resume removes half-written saves
+    # When the driver learnt of the death, the half-written save did not have a checkpoint's
+    # name, and everything that had one was complete.
+    dirs = recorder.dirs_at_failure[0]
+    partial = _partial_saves(dirs)
+    assert len(partial) == 1 and not partial[0].startswith("checkpoint_"), dirs
+    assert all("part2.txt" in files for name, files in dirs.items() if name.startswith("checkpoint_"))
+    restored = Checkpoint(recorder.at_failure[0]).get_metadata()["iteration"]
+    assert trial.status == "TERMINATED"
+    assert os.path.exists(tmp_path / "died-while-saving")
+    assert restored in (1, 2)
+    assert trial.last_result["value"] == 5
+    assert [r["training_iteration"] for r in rows(trial)] == [1, 2, 3, 4, 5]
+    # continued from the checkpoint the driver had when the process died: never from scratch
+    assert [r["restored_from"] for r in rows(trial)][restored:] == [restored] * (5 - restored)
+    _assert_complete_checkpoints(trial.local_path, _check_two_parts)
+    listed = [p for p, _ in tune.ExperimentAnalysis(str(tmp_path / recovery))
+              .get_trial_checkpoints_paths(trial.local_path)]
+    for path in listed:
+        _check_two_parts(path, Checkpoint(path).get_metadata()["iteration"])
