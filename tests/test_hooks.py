@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import types
 from pathlib import Path
@@ -14,6 +16,7 @@ try:
 except ImportError:  # tests imported as a package
     from tests.test_registry import plugin_site, test_plugins  # noqa: F401
 
+import tunekit as tune
 from tunekit_core import registry
 from tunekit_core.callback import Callback, LoggerCallback
 from tunekit_core.hooks import AUTOLOAD_ENV, make_plugin_manager
@@ -322,3 +325,204 @@ def test_exports_for_plugin_authors() -> None:
     assert isinstance(hookspecs.hookimpl, pluggy.HookimplMarker)
     assert isinstance(hookspecs.hookspec, pluggy.HookspecMarker)
     assert hookspecs.hookimpl.project_name == "tunekit"
+
+
+# -- on_trial_save and on_trial_restore in real runs -------------------------------------------
+
+
+def _iteration_of(checkpoint):
+    return None if checkpoint is None else checkpoint.get_metadata()["iteration"]
+
+
+class SaveRestoreRecorder(Callback):
+    """Records starts, errors, checkpoints, saves and restores, with the trial's latest
+    checkpoint (its iteration) as the callback sees it."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.events.append(("start", trial.trial_id))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.events.append(("error", trial.trial_id))
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        self.events.append(("checkpoint", trial.trial_id, _iteration_of(checkpoint)))
+
+    def on_trial_save(self, iteration, trials, trial, **info):
+        self.events.append(("save", trial.trial_id, _iteration_of(trial.checkpoint)))
+
+    def on_trial_restore(self, iteration, trials, trial, **info):
+        self.events.append(("restore", trial.trial_id, _iteration_of(trial.checkpoint)))
+
+    def of(self, *kinds):
+        return [e for e in self.events if e[0] in kinds]
+
+
+def counts_to_four(config):
+    """Checkpoints every config["every"] steps; fails once at config.get("fail_at")."""
+    import time
+
+    start = 0
+    if tune.get_checkpoint() is not None:
+        start = tune.get_checkpoint().to_dict()["i"]
+    marker = os.path.join(config["dir"], "failed")
+    for i in range(start + 1, config.get("n", 4) + 1):
+        time.sleep(config.get("sleep", 0))
+        if i == config.get("fail_at") and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("planned failure")
+        checkpoint = tune.Checkpoint.from_dict({"i": i}) if i % config["every"] == 0 else None
+        tune.report({"i": i, "start": start, "score": config.get("score", 0.0)},
+                    checkpoint=checkpoint)
+
+
+class Counter(tune.Trainable):
+    def setup(self, config):
+        self.count = 0
+
+    def step(self):
+        self.count += 1
+        return {"count": self.count}
+
+    def save_checkpoint(self, checkpoint_dir):
+        return {"count": self.count}
+
+    def load_checkpoint(self, checkpoint):
+        self.count = checkpoint["count"]
+
+
+def _run(trainable, tmp_path, recorder, **kwargs):
+    kwargs.setdefault("verbose", 0)
+    kwargs.setdefault("local_dir", str(tmp_path))
+    return tune.run(trainable, callbacks=[recorder], **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["function", "class"])
+def test_on_trial_save_follows_each_persisted_checkpoint(tmp_path, kind) -> None:
+    recorder = SaveRestoreRecorder()
+    if kind == "function":
+        analysis = _run(counts_to_four, tmp_path, recorder, config={"dir": str(tmp_path), "every": 2})
+        saved = [2, 4]
+    else:
+        analysis = _run(Counter, tmp_path, recorder, checkpoint_freq=2, checkpoint_at_end=True,
+                        stop={"training_iteration": 5})
+        saved = [2, 4, 5]
+    (trial_id,) = [t.trial_id for t in analysis.trials]
+    # once per checkpoint, right after on_checkpoint, with the new checkpoint registered
+    expected = []
+    for i in saved:
+        expected += [("checkpoint", trial_id, i), ("save", trial_id, i)]
+    assert recorder.of("checkpoint", "save") == expected
+    assert recorder.of("restore") == []  # nothing started from a checkpoint
+
+
+def _pause_once_at_two():
+    from tunekit.schedulers import FIFOScheduler
+
+    class PauseOnce(FIFOScheduler):
+        supports_buffered_results = False
+
+        def __init__(self):
+            super().__init__()
+            self.paused = set()
+
+        def on_trial_result(self, runner, trial, result):
+            if result["training_iteration"] == 2 and trial.trial_id not in self.paused:
+                self.paused.add(trial.trial_id)
+                return self.PAUSE
+            return self.CONTINUE
+
+    return PauseOnce()
+
+
+class InterruptAtTwo(Callback):
+    """Presses Ctrl+C (SIGINT to this process) when a trial reports its iteration 2."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result["training_iteration"] == 2:
+            if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_DFL):
+                pytest.fail("tunekit.run installed no SIGINT handler")
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("case", ["retry", "retry_from_scratch", "unpause", "restore", "resume"])
+def test_on_trial_restore_when_a_trial_continues_from_a_checkpoint(tmp_path, case, monkeypatch):
+    recorder = SaveRestoreRecorder()
+    config = {"dir": str(tmp_path), "every": 1}
+    if case == "retry":
+        analysis = _run(counts_to_four, tmp_path, recorder, config={**config, "fail_at": 3},
+                        max_failures=1)
+        restored_from = 2  # its own latest checkpoint
+    elif case == "retry_from_scratch":
+        analysis = _run(counts_to_four, tmp_path, recorder,
+                        config={**config, "every": 10, "fail_at": 3}, max_failures=1)
+        restored_from = None
+    elif case == "unpause":
+        analysis = _run(counts_to_four, tmp_path, recorder, config=config,
+                        scheduler=_pause_once_at_two())
+        restored_from = 2
+    elif case == "restore":
+        first = tune.run(counts_to_four, config=config, name="first", local_dir=str(tmp_path),
+                         stop={"training_iteration": 2}, verbose=0)
+        path = first.trials[0].checkpoint.path  # iteration 2
+        analysis = _run(counts_to_four, tmp_path, recorder, config=config, name="second",
+                        restore=path)
+        restored_from = None  # a new trial: it has no checkpoint of its own yet
+        assert analysis.trials[0].last_result["start"] == 2
+    else:  # resume after Ctrl+C
+        monkeypatch.delenv("TUNEKIT_DISABLE_SIGINT_HANDLER", raising=False)
+        monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER", raising=False)
+        first = tune.run(counts_to_four, config=config, name="r", local_dir=str(tmp_path),
+                         verbose=0, callbacks=[InterruptAtTwo()])
+        assert first.trials[0].status == "RUNNING"
+        restored_from = _iteration_of(first.trials[0].checkpoint)
+        assert restored_from >= 2
+        analysis = _run(counts_to_four, tmp_path, recorder, config=config, name="r", resume=True)
+    (trial,) = analysis.trials
+    assert trial.status == "TERMINATED"
+    restores = recorder.of("restore")
+    if case == "retry_from_scratch":
+        assert restores == []
+        assert recorder.of("start", "error") == [("start", trial.trial_id), ("error", trial.trial_id),
+                                                 ("start", trial.trial_id)]
+        return
+    assert restores == [("restore", trial.trial_id, restored_from)]
+    # right after the (re)start it belongs to, before anything else of that start
+    position = recorder.events.index(restores[0])
+    assert recorder.events[position - 1] == ("start", trial.trial_id)
+    assert recorder.events[position + 1:] == [
+        event for event in recorder.events[position + 1:] if event[0] in ("checkpoint", "save")
+    ]
+
+
+def test_on_trial_restore_after_a_pbt_exploit(tmp_path) -> None:
+    from tunekit.schedulers import PopulationBasedTraining
+
+    class ConfigAtRestore(SaveRestoreRecorder):
+        def __init__(self):
+            super().__init__()
+            self.first_config, self.exploited = {}, []
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.first_config.setdefault(trial.trial_id, dict(trial.config))
+            super().on_trial_start(iteration, trials, trial, **info)
+
+        def on_trial_restore(self, iteration, trials, trial, **info):
+            if trial.config != self.first_config[trial.trial_id]:
+                self.exploited.append(trial.trial_id)  # continues from another trial's checkpoint
+            super().on_trial_restore(iteration, trials, trial, **info)
+
+    recorder = ConfigAtRestore()
+    scheduler = PopulationBasedTraining(
+        time_attr="training_iteration", metric="score", mode="max", perturbation_interval=2,
+        hyperparam_mutations={"score": tune.uniform(0.0, 1.0)}, synch=True,
+    )
+    # synch: the population is ranked once all reached iteration 2; the lowest score exploits
+    _run(counts_to_four, tmp_path, recorder, scheduler=scheduler, resources_per_trial={"cpu": 0.25},
+         config={"dir": str(tmp_path), "every": 1, "n": 6,
+                 "score": tune.grid_search([0.1, 0.2, 0.3, 0.4])})
+    assert recorder.exploited, recorder.events
+    for event in recorder.of("restore"):
+        assert recorder.events[recorder.events.index(event) - 1] == ("start", event[1])

@@ -219,10 +219,14 @@ class Callback:
         """Called when ``trial`` starts (or restarts)."""
 
     def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """Called after ``trial`` was restored from a checkpoint."""
+        """Called when ``trial`` (re)starts from a checkpoint, after ``on_trial_start``.
+
+        A retry, a resumed experiment, an unpaused trial, a PBT exploit or
+        ``restore=``; not for a start from scratch.
+        """
 
     def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """Called after a save of ``trial`` finished."""
+        """Called after a checkpoint of ``trial`` was persisted, after ``on_checkpoint``."""
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
@@ -280,10 +284,10 @@ class LoggerCallback(Callback):
         """``trial`` started or restarted: open its outputs."""
 
     def log_trial_restore(self, trial: Any) -> None:
-        """``trial`` was restored from a checkpoint."""
+        """``trial`` (re)started from a checkpoint."""
 
     def log_trial_save(self, trial: Any) -> None:
-        """A save of ``trial`` finished."""
+        """A checkpoint of ``trial`` was persisted."""
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
         """Record one result of ``trial``."""

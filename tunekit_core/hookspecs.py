@@ -74,12 +74,23 @@ def tunekit_on_trial_start(trial: Any, iteration: int, trials: list) -> None:
 
 @hookspec
 def tunekit_on_trial_restore(trial: Any, iteration: int, trials: list) -> None:
-    """``trial`` was restored from a checkpoint (Ray's ``on_trial_restore``)."""
+    """``trial`` (re)started from a checkpoint (Ray's ``on_trial_restore``).
+
+    Called right after ``tunekit_on_trial_start`` whenever the trial continues from
+    a checkpoint: a retry after a failure, a resumed experiment, a paused trial
+    that runs again, a PBT exploit, or ``run(restore=...)``. Not called for a
+    start from scratch. The trial's process loads the checkpoint before its first
+    step.
+    """
 
 
 @hookspec
 def tunekit_on_trial_save(trial: Any, iteration: int, trials: list) -> None:
-    """A save of ``trial`` (a checkpoint request) finished (Ray's ``on_trial_save``)."""
+    """A checkpoint of ``trial`` was persisted and registered (Ray's ``on_trial_save``).
+
+    Called once per checkpoint, right after ``tunekit_on_checkpoint`` (which also
+    passes the checkpoint); ``trial.checkpoint`` is the new checkpoint then.
+    """
 
 
 @hookspec

@@ -428,6 +428,10 @@ class RunLoop:
             ),
         )
         trial._location = self.trial_executor.trial_location(trial)
+        if restore is not None:
+            # It continues from a checkpoint (retry, resume, unpause, exploit, restore=):
+            # Ray's on_trial_restore. Its process loads the checkpoint before the first step.
+            self._hook.tunekit_on_trial_restore(trial=trial, iteration=self._iteration, trials=self._trials)
 
     def _restore_point(self, trial: Trial) -> dict | None:
         """Where a (re)started trial continues: its latest checkpoint, or ``restore=``."""
@@ -459,6 +463,8 @@ class RunLoop:
         self._hook.tunekit_on_checkpoint(
             trial=trial, checkpoint=Checkpoint(path), iteration=self._iteration, trials=self._trials
         )
+        # Ray calls on_trial_save once a save of the trial is processed, after on_checkpoint.
+        self._hook.tunekit_on_trial_save(trial=trial, iteration=self._iteration, trials=self._trials)
 
     # -- events --------------------------------------------------------------------------
     def _on_results(self, trial: Trial, batch: list[dict]) -> None:
