@@ -7,6 +7,7 @@ Written the way a Ray Tune 2.x user writes it (``import tunekit as tune``).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -432,26 +433,74 @@ def test_early_stopping_schedulers_by_object(tmp_path, name, kwargs):
     assert min(iterations) < 9  # worse ones were stopped early
 
 
-@pytest.mark.parametrize("name", ["asha", "hyperband", "median_stopping_rule", "fifo"])
+@pytest.mark.parametrize(
+    "name", ["asha", "async_hyperband", "hyperband", "median_stopping_rule", "fifo"]
+)
 def test_schedulers_by_name(tmp_path, name):
     # One trial at a time, best first: with two at a time, whichever of the first two
     # reaches ASHA's first rung alone is promoted, so the outcome would depend on timing.
     grid = _fit(tmp_path, name, scheduler=name, max_concurrent_trials=1)
     assert grid.num_terminated == 6
     assert _iterations(grid)[0] == 9
-    if name == "asha":  # defaults: grace period 1, reduction factor 4
+    if name in ("asha", "async_hyperband"):  # defaults: grace period 1, reduction factor 4
         assert _iterations(grid)[1:] == [1] * 5
+    else:  # HyperBand's first bracket (5 trials) runs to max_t=81; the others never stop
+        assert _iterations(grid) == [9] * 6
 
 
+def test_fifo_and_async_hyperband_by_object(tmp_path):
+    import tunekit.schedulers
+
+    grid = _fit(tmp_path, "fifo_obj", scheduler=tunekit.schedulers.FIFOScheduler())
+    assert grid.num_terminated == 6 and _iterations(grid) == [9] * 6
+    scheduler = tunekit.schedulers.AsyncHyperBandScheduler(max_t=9, grace_period=3,
+                                                           reduction_factor=3)
+    grid = _fit(tmp_path, "async_hb_obj", scheduler=scheduler, max_concurrent_trials=1)
+    # rung at 3 (and 9 = max_t): x=.6 goes on; each later (worse) trial is below the
+    # 2/3 quantile of the earlier ones there and stops
+    assert _iterations(grid) == [9, 3, 3, 3, 3, 3]
+
+
+def test_hb_bohb_by_name_and_by_object(tmp_path):
+    import tunekit.schedulers
+
+    # By object: max_t=9, eta=3; HyperBand for BOHB fills its largest bracket first (9
+    # trials, milestones 1 and 3). Only 6 trials come, so the bracket halves once none
+    # runs: the best ceil(9/3)=3 go on to 3, then the best one to 9.
+    scheduler = tunekit.schedulers.HyperBandForBOHB(max_t=9, reduction_factor=3)
+    grid = _fit(tmp_path, "hb_bohb_obj", scheduler=scheduler)
+    assert grid.num_terminated == 6
+    assert _iterations(grid) == [9, 3, 3, 1, 1, 1]
+    # results carry the budget a BOHB searcher reads
+    assert [r.metrics["hyperband_info"] for r in grid] == [
+        {"budget": 9}, {"budget": 3}, {"budget": 3}, {"budget": 1}, {"budget": 1}, {"budget": 1}]
+    # By name (max_t=81): the largest bracket takes 81 trials and keeps 27, then 9, then
+    # 3: all 6 reach their own end at 9, after waiting at the milestones 1, 3 and 9.
+    # (Not with max_concurrent_trials=1: its limiter counts paused trials as running, so
+    # the bracket would halve before the second trial is created, as in Ray Tune.)
+    grid = _fit(tmp_path, "hb_bohb", scheduler="hb_bohb")
+    assert grid.num_terminated == 6 and _iterations(grid) == [9] * 6
+    for result in grid:
+        with open(os.path.join(result.path, "result.json")) as f:
+            budgets = [json.loads(line)["hyperband_info"] for line in f]
+        assert [b.get("budget") for b in budgets] == [1, None, 3, None, None, None, None, None, 9]
+
+
+@pytest.mark.parametrize("how", ["by_name", "by_object"])
 @pytest.mark.parametrize("name", ["pbt", "pb2"])
-def test_population_based_schedulers(tmp_path, name):
+def test_population_based_schedulers(tmp_path, name, how):
+    import tunekit.schedulers
+
     if name == "pbt":
         kwargs = {"hyperparam_mutations": {"lr": tune.uniform(0.0, 1.0)}}
+        cls = tunekit.schedulers.PopulationBasedTraining
     else:
         kwargs = {"hyperparam_bounds": {"lr": [0.0, 1.0]}}
-    scheduler = tune.create_scheduler(
-        name, time_attr="training_iteration", perturbation_interval=2, **kwargs
-    )
+        cls = tunekit.schedulers.PB2
+    # by name they need their search space, so the name goes through create_scheduler
+    make = functools.partial(tune.create_scheduler, name) if how == "by_name" else cls
+    scheduler = make(time_attr="training_iteration", perturbation_interval=2, **kwargs)
+    assert type(scheduler) is cls
     grid = tune.Tuner(
         objective,
         param_space={"x": tune.grid_search([0.6, 0.5, 0.1, 0.2]), "lr": 0.5, "steps": 8},
@@ -466,6 +515,106 @@ def test_population_based_schedulers(tmp_path, name):
     # by bare name they need their search space, as in Ray Tune
     with pytest.raises(ValueError, match="hyperparam_"):
         _fit(tmp_path, f"{name}_bare", scheduler=name)
+
+
+def _rows(result):
+    with open(os.path.join(result.path, "result.json")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_pbt_replay_by_object_and_by_name(tmp_path):
+    import random
+
+    from tunekit.schedulers import PopulationBasedTraining, PopulationBasedTrainingReplay
+
+    random.seed(3)
+    pbt = PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=2,
+                                  hyperparam_mutations={"lr": tune.uniform(0.0, 1.0)},
+                                  log_config=True)
+    grid = tune.Tuner(
+        objective,
+        param_space={"x": tune.grid_search([0.6, 0.5, 0.1, 0.2]), "lr": 0.5, "steps": 8},
+        tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=pbt),
+        run_config=_run_config(tmp_path, "pbt"),
+    ).fit()
+    # a trial that exploited has a policy file: the config schedule that led to its state
+    policy_files = sorted(
+        name for name in os.listdir(grid.experiment_path) if name.startswith("pbt_policy_")
+    )
+    assert policy_files
+    policy_file = os.path.join(grid.experiment_path, policy_files[0])
+    (original,) = [r for r in grid if policy_files[0] == f"pbt_policy_{r.metrics['trial_id']}.txt"]
+
+    for label, scheduler in (
+        ("replay_obj", PopulationBasedTrainingReplay(policy_file)),
+        ("replay_name", tune.create_scheduler("pbt_replay", policy_file=policy_file)),
+    ):
+        assert isinstance(scheduler, PopulationBasedTrainingReplay)
+        schedule = scheduler.policy
+        assert schedule
+        replay = tune.Tuner(
+            objective,
+            tune_config=tune.TuneConfig(scheduler=scheduler),
+            run_config=_run_config(tmp_path, label, stop={"training_iteration": 8}),
+        ).fit()
+        (result,) = replay
+        # one trial, starting with the schedule's first config and switching at its
+        # iterations (continuing from its own checkpoint), ending with the original's
+        # config, hence its final score (score = x * step + lr)
+        assert result.config == original.config
+        assert result.metrics["score"] == pytest.approx(original.metrics["score"])
+        config = scheduler.config
+        changes = dict(schedule)
+        for row in _rows(result):
+            assert row["config"] == config
+            assert row["score"] == pytest.approx(config["x"] * row["training_iteration"] + config["lr"])
+            config = changes.get(row["training_iteration"], config)
+        assert [row["training_iteration"] for row in _rows(result)] == list(range(1, 9))
+
+    # by bare name it needs its policy file
+    with pytest.raises(TypeError, match="policy_file"):
+        _fit(tmp_path, "replay_bare", scheduler="pbt_replay")
+
+
+def cpu_reporter(config):
+    """Reports the CPUs it has; resumes from its checkpoint (a resource change restarts it)."""
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        start = checkpoint.to_dict()["step"]
+    for step in range(start + 1, 7):
+        cpus = tune.get_context().get_trial_resources().required_resources["CPU"]
+        tune.report({"score": config["x"] * step, "cpus": cpus, "resumed_from": start},
+                    checkpoint=tune.Checkpoint.from_dict({"step": step}))
+
+
+def _two_cpus_from_step_3(runner, trial, result, scheduler):
+    return {"cpu": 2} if result["training_iteration"] >= 3 else None
+
+
+def test_resource_changing_scheduler_wrapping_asha(tmp_path, monkeypatch):
+    from tunekit.schedulers import ASHAScheduler, ResourceChangingScheduler
+
+    monkeypatch.setenv("TUNEKIT_NUM_CPUS", "2")
+    scheduler = ResourceChangingScheduler(
+        ASHAScheduler(max_t=6, grace_period=1, reduction_factor=2), _two_cpus_from_step_3
+    )
+    grid = tune.Tuner(
+        cpu_reporter,
+        param_space={"x": tune.grid_search([3, 2, 1])},
+        tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=scheduler,
+                                    max_concurrent_trials=1),
+        run_config=_run_config(tmp_path, "rcs"),
+    ).fit()
+    # ASHA decides (rungs 1, 2, 4; one at a time, best first): x=3 runs to max_t, the
+    # others are below the median of the earlier ones at the first rung
+    assert _iterations(grid) == [6, 1, 1]
+    # the wrapper gave x=3 two CPUs from step 3 on: it restarted from its checkpoint of 3
+    rows = _rows(grid[0])
+    assert [r["cpus"] for r in rows] == [1, 1, 1, 2, 2, 2]
+    assert [r["resumed_from"] for r in rows] == [0, 0, 0, 3, 3, 3]
+    assert [r["training_iteration"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert scheduler.base_trial_resources.required_resources == {"CPU": 1.0}
 
 
 def _searcher_grid(tmp_path, name, search_alg):
@@ -496,6 +645,37 @@ def test_searchers_by_object_and_by_name(tmp_path, plugin, by_object):
         assert all(0.0 <= r.config["x"] <= 1.0 and r.config["y"] in (0, 1) for r in grid)
         best = grid.get_best_result()
         assert best.metrics["loss"] == min(r.metrics["loss"] for r in grid)
+
+
+@pytest.mark.parametrize("name", ["random", "grid", "variant_generator"])
+def test_basic_variant_generator_names_and_object(tmp_path, name):
+    # "random", "grid" and "variant_generator" all name BasicVariantGenerator: grid
+    # axes are expanded, the rest sampled, num_samples times
+    space = {"x": tune.grid_search([0.1, 0.3, 0.5]), "y": tune.uniform(0.0, 1.0)}
+
+    def fit(label, search_alg):
+        return tune.Tuner(
+            lambda config: tune.report({"loss": (config["x"] - 0.3) ** 2 + config["y"]}),
+            param_space=space,
+            tune_config=tune.TuneConfig(metric="loss", mode="min", search_alg=search_alg,
+                                        num_samples=2),
+            run_config=_run_config(tmp_path, label),
+        ).fit()
+
+    for label, search_alg in (
+        (name, name),
+        (f"{name}_obj", tune.search.BasicVariantGenerator(random_state=5)),
+        (f"{name}_made", tune.search.create_searcher(name, random_state=5)),
+    ):
+        grid = fit(label, search_alg)
+        assert grid.num_terminated == 6
+        assert sorted(r.config["x"] for r in grid) == [0.1, 0.1, 0.3, 0.3, 0.5, 0.5]
+        assert all(0.0 <= r.config["y"] <= 1.0 for r in grid)
+        assert grid.get_best_result().metrics["loss"] == min(r.metrics["loss"] for r in grid)
+    # the same seed gives the same samples
+    again = fit(f"{name}_again", tune.search.BasicVariantGenerator(random_state=5))
+    first = fit(f"{name}_first", tune.search.BasicVariantGenerator(random_state=5))
+    assert [r.config for r in again] == [r.config for r in first]
 
 
 # --------------------------------------------------------------------------- restore
