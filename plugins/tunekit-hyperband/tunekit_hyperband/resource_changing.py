@@ -127,6 +127,29 @@ class DistributeResources:
         return PlacementGroupFactory(bundles, base.strategy)
 
 
+class _NewResourcesView:
+    """The run loop as a wrapped scheduler sees it: a trial waiting for new resources
+    is checked against those."""
+
+    def __init__(self, runner: Any, new_resources: Mapping[str, PlacementGroupFactory]):
+        self._runner = runner
+        self._new_resources = new_resources
+
+    def has_resources_for_trial(self, trial: Any) -> bool:
+        new = self._new_resources.get(trial.trial_id)
+        if new is None:
+            return self._runner.has_resources_for_trial(trial)
+        old = trial.placement_group_factory
+        trial.placement_group_factory = new
+        try:
+            return self._runner.has_resources_for_trial(trial)
+        finally:
+            trial.placement_group_factory = old
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runner, name)
+
+
 class ResourceChangingScheduler(TrialScheduler):
     """Wraps another scheduler and changes the resources of trials as they run.
 
@@ -263,19 +286,17 @@ class ResourceChangingScheduler(TrialScheduler):
                 "changes resources must restart in a new process. Pass reuse_actors=False to "
                 "tunekit.run()."
             )
-        trial = self._base_scheduler.choose_trial_to_run(runner)
+        # The wrapped scheduler asks whether a trial fits with the resources it restarts
+        # with, so an executor never sets resources aside for the old ones (the Ray
+        # executor would reserve a placement group of the old shape and give back the
+        # new one while the trial waits).
+        trial = self._base_scheduler.choose_trial_to_run(_NewResourcesView(runner, self._to_reallocate))
         if trial is None:
             return None
-        new = self._to_reallocate.get(trial.trial_id)
-        if new is None:
-            return trial
-        old = trial.placement_group_factory
-        trial.placement_group_factory = new
-        if not runner.has_resources_for_trial(trial):
-            trial.placement_group_factory = old  # wait until the new resources are free
-            return None
-        del self._to_reallocate[trial.trial_id]
-        self._reallocated.add(trial.trial_id)
+        new = self._to_reallocate.pop(trial.trial_id, None)
+        if new is not None:
+            trial.placement_group_factory = new
+            self._reallocated.add(trial.trial_id)
         return trial
 
     def set_trial_resources(self, trial: Any, new_resources: Any) -> bool:
