@@ -157,7 +157,7 @@ class TunekitTrial:
         local: tuple[str, str | None],
         token: str,
         slot_id: int,
-        marker: str | None,
+        marker: tuple[str, str] | None,
         sys_path: list[str],
         max_transfer_bytes: int,
     ) -> str:
@@ -196,7 +196,7 @@ class TunekitTrial:
             "hostname": socket.gethostname(),
             "node_ip": node_ip,
             "node_id": node_id,
-            "shared": bool(marker) and _marker_matches(marker, token),
+            "shared": bool(marker) and _marker_matches(*marker),
         }
         conn.send_bytes(HELLO + token.encode() + b" " + json.dumps(hello).encode())
         staging_root = os.path.join(tempfile.gettempdir(), "tunekit-ray", token[:16])
@@ -208,9 +208,10 @@ class TunekitTrial:
         return "shutdown"
 
 
-def _marker_matches(marker: str, token: str) -> bool:
+def _marker_matches(path: str, content: str) -> bool:
+    """Whether this node sees the driver's marker file (its experiment directory)."""
     try:
-        with open(marker) as f:
-            return f.read().strip() == token
+        with open(path) as f:
+            return f.read().strip() == content
     except OSError:
         return False

@@ -161,7 +161,8 @@ class RayExecutor(Executor):
         self._ray = None
         self._actor_cls = None
         self._token = ""
-        self._marker: str | None = None
+        # (path, content) of the file that tells actors whether they see the experiment directory
+        self._marker: tuple[str, str] | None = None
         self._listener: socket.socket | None = None
         self._local_listener: socket.socket | None = None  # actors on the driver's node
         self._local_path: str | None = None
@@ -261,9 +262,13 @@ class RayExecutor(Executor):
         os.set_blocking(self._wake_r, False)
         self._marker = None
         if self._shared_storage is None:
-            self._marker = os.path.join(experiment_dir, f".tunekit-ray-{self._token[:12]}")
-            with open(self._marker, "w") as f:
-                f.write(self._token)
+            # Not the run's token: the experiment directory may be uploaded (sync_config).
+            # The ".tmp" name keeps it out of uploads, as a file being written would be.
+            nonce = secrets.token_hex(8)
+            path = os.path.join(experiment_dir, f".tunekit-ray-{nonce}.tmp")
+            with open(path, "w") as f:
+                f.write(nonce)
+            self._marker = (path, nonce)
         paths = [p for p in sys.path if p]
         if os.environ.get("PYTHONPATH"):
             paths.extend(os.environ["PYTHONPATH"].split(os.pathsep))
@@ -1004,7 +1009,7 @@ class RayExecutor(Executor):
                 os.close(fd)
         if self._marker:
             try:
-                os.remove(self._marker)
+                os.remove(self._marker[0])
             except OSError:
                 pass
             self._marker = None
