@@ -3,9 +3,9 @@
 Each node is a separate ``ray start`` with its own loopback address (Ray replaces
 ``127.0.0.1`` with the machine's network address, so the nodes use ``127.0.0.2``,
 ``127.0.0.3``, ...), all under one private temporary directory. Every process of the
-cluster is found through that directory (on its command line, or as a descendant of
-such a process) and stopped by process id: other Ray sessions on the machine are
-never touched (``ray stop`` would stop them all).
+cluster is found through that directory or the cluster's address (on its command
+line, or as a descendant of such a process) and stopped by process id: other Ray
+sessions on the machine are never touched (``ray stop`` would stop them all).
 """
 
 from __future__ import annotations
@@ -92,6 +92,8 @@ class LoopbackCluster:
             f"--num-cpus={num_cpus}",
             "--include-dashboard=false",
             f"--dashboard-port={free_port()}",
+            # not Ray's default 10001, which another cluster on this machine may hold
+            f"--ray-client-server-port={free_port()}",
         ]
         if resources:
             args.append(f"--resources={json.dumps(resources)}")
@@ -184,9 +186,16 @@ class LoopbackCluster:
 
     def stop(self) -> None:
         """Kill every process of this cluster (by pid) and remove its directory."""
+        # The head's Ray client server names the cluster's address, not its directory, and
+        # outlives the `ray start` that started it.
+        address = f"--address={self.address} " if self.address else None
         for _ in range(3):
             table = self._processes()
-            roots = {pid for pid, (_, cmd) in table.items() if self.temp_dir in cmd}
+            roots = {
+                pid
+                for pid, (_, cmd) in table.items()
+                if self.temp_dir in cmd or (address is not None and address in cmd + " ")
+            }
             pids = self._tree(table, roots)
             if not pids:
                 break
