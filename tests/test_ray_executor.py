@@ -445,6 +445,326 @@ def test_resume_after_the_driver_is_killed(cluster, tmp_path):
     assert trial.last_result["started_at"] >= 2  # continued from a saved checkpoint
 
 
+# -- schedulers, searchers and storage on the cluster -----------------------------------------
+# ASHA's curves, one list of scores per trial (mode max); with grace_period=1,
+# reduction_factor=2 and max_t=6 the rungs are 1, 2 and 4, and a trial that reaches a
+# rung below the median of the earlier trials' scores there stops:
+#   [1..6] first everywhere -> 6;  [.5] < 1 -> 1;  [2, 3, ., 5] above 0.75, 2, 4 -> 6;
+#   [1.5, 1.5] above 1 at rung 1, below 2.5 at rung 2 -> 2;
+#   [3, 4, ., 4] above 1.25 and 2, below 4.5 at rung 4 -> 4;  [.9] < 1.5 -> 1.
+_ASHA_CURVES = [
+    [1, 2, 3, 4, 5, 6],
+    [0.5, 9, 9, 9, 9, 9],
+    [2, 3, 3.5, 5, 6, 7],
+    [1.5, 1.5, 9, 9, 9, 9],
+    [3, 4, 4, 4, 9, 9],
+    [0.9, 9, 9, 9, 9, 9],
+]
+_ASHA_STOPS = [6, 1, 6, 2, 4, 1]
+
+
+def _curve(config):
+    for i, score in enumerate(config["curve"], start=1):
+        tunekit.report({"acc": score}, checkpoint=tunekit.Checkpoint.from_dict({"i": i}))
+
+
+def _asha():
+    from tunekit.schedulers import ASHAScheduler
+
+    return ASHAScheduler(metric="acc", mode="max", max_t=6, grace_period=1, reduction_factor=2)
+
+
+def _checkpoint_names(trial) -> list[str]:
+    return sorted(n for n in os.listdir(trial.local_path) if n.startswith("checkpoint_"))
+
+
+def test_asha_stops_trials_at_the_rungs_the_local_executor_gives(cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEKIT_STOP_GRACE_S", "2")
+    common = dict(config={"curve": tunekit.grid_search(_ASHA_CURVES)}, max_concurrent_trials=1,
+                  local_dir=str(tmp_path), verbose=0)
+    local = tunekit.run(_curve, scheduler=_asha(), name="local", **common)
+    # on the worker node, its checkpoints sent to the driver
+    ray_run = tunekit.run(_curve, scheduler=_asha(), name="ray",
+                          resources_per_trial={"cpu": 1, "side": 1},
+                          trial_executor=RayExecutor(shared_storage=False), **common)
+    for analysis in (local, ray_run):
+        trials = sorted(analysis.trials, key=lambda t: _ASHA_CURVES.index(t.config["curve"]))
+        assert [t.status for t in trials] == ["TERMINATED"] * 6
+        assert [t.last_result["training_iteration"] for t in trials] == _ASHA_STOPS
+        for trial, last in zip(trials, _ASHA_STOPS):
+            assert [r["training_iteration"] for r in _rows(trial)] == list(range(1, last + 1))
+            # a checkpoint for each iteration it ran, in the driver's directory (a trial may
+            # have run ahead of the driver's decision: ASHA accepts buffered results)
+            names = _checkpoint_names(trial)
+            assert names[:last] == [f"checkpoint_{i:06d}" for i in range(1, last + 1)]
+            assert trial.checkpoint.path == os.path.join(trial.local_path, names[last - 1])
+            assert trial.checkpoint.to_dict() == {"i": last}
+    assert {r["node_ip"] for t in ray_run.trials for r in _rows(t)} == {WORKER}
+
+
+def _milestones(config):
+    import time
+
+    start = 0
+    checkpoint = tunekit.get_checkpoint()
+    if checkpoint is not None:
+        start = checkpoint.to_dict()["i"]
+    elif config["x"] in (4, 3):
+        # the best trial of their bracket (x=5, started first) reaches milestone 1 before
+        # the last of them does, so it waits there, paused
+        time.sleep(0.75)
+    for i in range(start + 1, 6):
+        tunekit.report({"acc": config["x"] * i, "resumed_from": start},
+                       checkpoint=tunekit.Checkpoint.from_dict({"i": i}))
+
+
+def test_hyperband_pauses_and_resumes_trials_from_checkpoints_across_nodes(cluster, tmp_path):
+    from tunekit.schedulers import HyperBandScheduler
+
+    # max_t=3, eta=3, as in Ray Tune: a bracket of 2 trials run to 3, then a bracket of 3
+    # trials run to 1 whose best then goes on to 3
+    scheduler = HyperBandScheduler(metric="acc", mode="max", max_t=3, reduction_factor=3)
+    analysis = tunekit.run(
+        _milestones,
+        config={"x": tunekit.grid_search([2, 1, 5, 4, 3])},
+        scheduler=scheduler,
+        trial_executor=RayExecutor(shared_storage=False),
+        local_dir=str(tmp_path),
+        verbose=0,
+    )
+    by_x = {t.config["x"]: t for t in analysis.trials}
+    assert {t.status for t in analysis.trials} == {"TERMINATED"}
+    assert [by_x[x].last_result["training_iteration"] for x in (2, 1, 5, 4, 3)] == [3, 3, 3, 1, 1]
+    best = by_x[5]
+    history = [s for s, _ in best.status_history]
+    assert "PAUSED" in history, history  # it waited at milestone 1 for its bracket
+    assert history[history.index("PAUSED") + 1:][-2:] == ["RUNNING", "TERMINATED"]
+    rows = _rows(best)
+    # paused at 1, continued from the checkpoint of iteration 1: each iteration once
+    assert [r["training_iteration"] for r in rows] == [1, 2, 3]
+    assert [r["resumed_from"] for r in rows] == [0, 1, 1]
+    assert [r["iterations_since_restore"] for r in rows] == [1, 1, 2]
+    assert _checkpoint_names(best) == ["checkpoint_000001", "checkpoint_000002", "checkpoint_000003"]
+    for x in (4, 3):
+        assert _checkpoint_names(by_x[x]) == ["checkpoint_000001"]
+    nodes = {r["node_ip"] for t in analysis.trials for r in _rows(t)}
+    assert nodes == {HEAD, WORKER}
+
+
+class _Climber(tunekit.Trainable):
+    """Climbs by ``rate`` per step; says which state it was restored from and how often
+    its instance was reset for another trial."""
+
+    def setup(self, config):
+        self.rate = config["rate"]
+        self.score = 0.0
+        self.restored = {}
+        self.resets = 0
+
+    def step(self):
+        self.score += self.rate
+        return {
+            "score": self.score,
+            "restored_owner": self.restored.get("owner"),
+            "restored_iter": self.restored.get("iter"),
+            "restored_score": self.restored.get("score"),
+            "resets": self.resets,
+        }
+
+    def save_checkpoint(self, checkpoint_dir):
+        return {"score": self.score, "owner": self.trial_id, "iter": self.iteration}
+
+    def load_checkpoint(self, state):
+        self.score = state["score"]
+        self.restored = dict(state)
+
+    def reset_config(self, new_config):
+        self.rate = new_config["rate"]
+        self.score = 0.0
+        self.restored = {}
+        self.resets += 1
+        return True
+
+
+def test_pbt_exploits_continue_from_the_donor_checkpoint_with_reused_actors(cluster, tmp_path):
+    import random
+
+    from tunekit.schedulers import PopulationBasedTraining
+
+    random.seed(7)
+    scheduler = PopulationBasedTraining(
+        time_attr="training_iteration",
+        perturbation_interval=2,
+        hyperparam_mutations={"rate": [1.0, 2.0, 3.0, 4.0]},
+        synch=True,
+    )
+    # Two trials at a time (one per node) take turns; top trials pause to save their
+    # checkpoint (no checkpoint_freq), which the exploiting trials then restore, on
+    # whichever node they run next.
+    analysis = tunekit.run(
+        _Climber,
+        name="pbt",
+        config={"rate": tunekit.grid_search([1.0, 2.0, 3.0, 4.0])},
+        stop={"training_iteration": 6},
+        metric="score",
+        mode="max",
+        scheduler=scheduler,
+        reuse_actors=True,
+        trial_executor=RayExecutor(shared_storage=False, reuse_actors=True),
+        local_dir=str(tmp_path),
+        verbose=0,
+    )
+    trials = analysis.trials
+    assert {t.status for t in trials} == {"TERMINATED"}
+    assert {t.last_result["training_iteration"] for t in trials} == {6}
+    by_tag = {t.experiment_tag.split("@")[0]: t for t in trials}
+    rows = {t.trial_id: _rows(t) for t in trials}
+    with open(tmp_path / "pbt" / "pbt_global.txt") as f:
+        exploits = [json.loads(line) for line in f if line.strip()]
+    assert exploits, "PBT never exploited"
+    for target_tag, donor_tag, _, donor_iter, donor_config, new_config in exploits:
+        target, donor = by_tag[target_tag], by_tag[donor_tag]
+        restarts = [
+            r for r in rows[target.trial_id]
+            if r["iterations_since_restore"] == 1 and r["restored_owner"] == donor.trial_id
+            and r["restored_iter"] == donor_iter and r["config"] == new_config
+        ]
+        assert restarts, (target_tag, donor_tag, donor_iter, new_config)
+        for row in restarts:
+            # it went on from the donor's iteration, with the donor's state at that iteration
+            assert row["training_iteration"] == donor_iter + 1
+            assert row["score"] == row["restored_score"] + new_config["rate"]
+            assert any(
+                r["training_iteration"] == donor_iter and r["score"] == row["restored_score"]
+                and r["config"] == donor_config
+                for r in rows[donor.trial_id]
+            )
+    # reuse_actors: instances were kept and reset for other trials, on both nodes
+    assert max(r["resets"] for t in trials for r in rows[t.trial_id]) > 0
+    assert {r["node_ip"] for t in trials for r in rows[t.trial_id]} == {HEAD, WORKER}
+
+
+def _bowl(config):
+    for step in range(1, 3):
+        tunekit.report({"loss": (config["x"] - 0.3) ** 2 + 1.0 / step})
+
+
+def test_optuna_and_hyperopt_receive_results_from_the_cluster(cluster, tmp_path):
+    import optuna
+
+    from tunekit.search.hyperopt import HyperOptSearch
+    from tunekit.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = {"x": tunekit.uniform(0, 1)}
+    common = dict(config=space, metric="loss", mode="min", num_samples=4, max_concurrent_trials=2,
+                  trial_executor="ray", local_dir=str(tmp_path), verbose=0)
+    optuna_search = OptunaSearch(seed=3)
+    analysis = tunekit.run(_bowl, search_alg=optuna_search, name="optuna", **common)
+    nodes = {r["node_ip"] for t in analysis.trials for r in _rows(t)}
+    by_x = {t.params["x"]: t for t in optuna_search.study.trials}
+    assert len(by_x) == 4 and len(analysis.trials) == 4
+    for trial in analysis.trials:
+        assert trial.status == "TERMINATED"
+        study_trial = by_x[trial.config["x"]]
+        assert study_trial.state == optuna.trial.TrialState.COMPLETE
+        assert study_trial.value == pytest.approx(trial.last_result["loss"])
+        assert sorted(study_trial.intermediate_values) == [1, 2]
+
+    hyperopt_search = HyperOptSearch(random_state_seed=3)
+    analysis = tunekit.run(_bowl, search_alg=hyperopt_search, name="hyperopt", **common)
+    nodes |= {r["node_ip"] for t in analysis.trials for r in _rows(t)}
+    documents = hyperopt_search.trials.trials
+    assert len(documents) == 4 and len(analysis.trials) == 4
+    for trial in analysis.trials:
+        assert trial.status == "TERMINATED"
+        (document,) = [d for d in documents if d["misc"]["vals"]["x"][0] == pytest.approx(trial.config["x"])]
+        assert document["result"]["loss"] == pytest.approx(trial.last_result["loss"])
+    assert nodes == {HEAD, WORKER}
+
+
+# shared_storage=False: the worker node sends its checkpoints to the driver, which uploads
+# them; None: the worker node sees the experiment directory and writes into it.
+@pytest.mark.parametrize("shared_storage", [False, None], ids=["sent", "shared"])
+def test_sync_config_uploads_checkpoints_written_on_the_worker_node(cluster, tmp_path, shared_storage):
+    remote = tmp_path / "remote"
+    analysis = tunekit.run(
+        _spread_train,
+        name="synced",
+        config={"x": tunekit.grid_search([1, 2, 3, 4])},
+        trial_executor=RayExecutor(shared_storage=shared_storage),
+        sync_config=tunekit.SyncConfig(upload_dir=f"file://{remote}"),
+        local_dir=str(tmp_path / "local"),
+        log_to_file=True,
+        verbose=0,
+    )
+    nodes = set()
+    for trial in analysis.trials:
+        rows = _rows(trial)
+        nodes.add(rows[-1]["node_ip"])
+        # where the trial wrote: a node that sees the directory (the marker) writes into it
+        wrote_in_place = rows[-1]["where"] == trial.local_path
+        assert wrote_in_place is (shared_storage is None or rows[-1]["node_ip"] == HEAD)
+        uploaded = remote / "synced" / os.path.basename(trial.local_path)
+        assert sorted(os.listdir(uploaded)) == sorted(os.listdir(trial.local_path))
+        for name in ("params.json", "params.pkl", "result.json", "progress.csv", "stdout"):
+            with open(os.path.join(trial.local_path, name), "rb") as f:
+                assert (uploaded / name).read_bytes() == f.read(), name
+        for i in (1, 2, 3):
+            copy = tunekit.Checkpoint(str(uploaded / f"checkpoint_{i:06d}"))
+            assert copy.to_dict() == {"x": trial.config["x"], "i": i - 1}
+    assert nodes == {HEAD, WORKER}
+    # nothing of the executor's own (staging, markers) went up
+    experiment = remote / "synced"
+    assert sorted(p.name for p in experiment.iterdir() if p.is_dir()) == sorted(
+        os.path.basename(t.local_path) for t in analysis.trials
+    )
+    assert not [p.name for p in experiment.iterdir() if p.name.startswith(".")]
+
+
+def _holds(config):
+    import ray
+
+    start = 0
+    checkpoint = tunekit.get_checkpoint()
+    if checkpoint is not None:
+        start = checkpoint.to_dict()["i"]
+    for i in range(start + 1, 5):
+        held = ray.get_runtime_context().get_assigned_resources()
+        tunekit.report({"cpus": tunekit.get_trial_resources().get("CPU"), "held": held.get("CPU"),
+                        "resumed_from": start, "score": i},
+                       checkpoint=tunekit.Checkpoint.from_dict({"i": i}))
+
+
+def test_resource_changing_scheduler_restarts_trials_in_bigger_actors(cluster, tmp_path):
+    from tunekit.schedulers import FIFOScheduler as Fifo
+    from tunekit.schedulers import ResourceChangingScheduler
+
+    def whole_cpu_from_2(runner, trial, result, scheduler):
+        return {"cpu": 1} if result["training_iteration"] >= 2 else None
+
+    analysis = tunekit.run(
+        _holds,
+        config={"x": tunekit.grid_search([1, 2])},
+        resources_per_trial={"cpu": 0.5},
+        scheduler=ResourceChangingScheduler(Fifo(), whole_cpu_from_2),
+        metric="score",
+        mode="max",
+        trial_executor=RayExecutor(shared_storage=False),
+        local_dir=str(tmp_path),
+        verbose=0,
+    )
+    late_nodes = set()
+    for trial in analysis.trials:
+        rows = _rows(trial)
+        assert [r["training_iteration"] for r in rows] == [1, 2, 3, 4]
+        assert [r["cpus"] for r in rows] == [0.5, 0.5, 1, 1]
+        assert [r["held"] for r in rows] == [0.5, 0.5, 1, 1]  # what its Ray actor holds
+        assert [r["resumed_from"] for r in rows] == [0, 0, 2, 2]
+        late_nodes.add(rows[-1]["node_ip"])
+    assert late_nodes == {HEAD, WORKER}  # a whole CPU each: one trial per node
+
+
 class _KillWorkerNode(Callback):
     def __init__(self, cluster):
         self.cluster = cluster
