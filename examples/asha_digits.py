@@ -5,10 +5,13 @@ weak trials at its rungs (1, 4 and 16 epochs with reduction_factor=4), so the ru
 trains far fewer than 40 x 30 epochs. Run it with:
 
     uv run --all-extras python examples/asha_digits.py
+
+(``--smoke`` runs 8 trials of at most 8 epochs, in seconds: the tests use it.)
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 
@@ -56,26 +59,30 @@ SEARCH_SPACE = {
 }
 
 
-def main() -> None:
+def main(smoke: bool = False) -> None:
+    num_samples, max_epochs = (8, 8) if smoke else (40, MAX_EPOCHS)
     local_dir = os.environ.get("TUNEKIT_RESULTS_DIR") or tempfile.mkdtemp(prefix="tunekit-asha-")
     analysis = tune.run(
         tune.with_parameters(train_digits, data=load_data()),
         name="asha_digits",
         config=SEARCH_SPACE,
-        num_samples=40,
+        num_samples=num_samples,
         metric="mean_accuracy",
         mode="max",
-        scheduler=ASHAScheduler(max_t=MAX_EPOCHS, grace_period=1, reduction_factor=4),
+        scheduler=ASHAScheduler(max_t=max_epochs, grace_period=1, reduction_factor=4),
         local_dir=local_dir,
-        verbose=1,
+        verbose=0 if smoke else 1,
     )
     best = analysis.best_trial
     epochs = sum(t.last_result.get("training_iteration", 0) for t in analysis.trials)
     print(f"Best validation accuracy: {best.last_result['mean_accuracy']:.4f} "
           f"after {best.last_result['training_iteration']} epochs with {best.config}")
-    print(f"Total epochs trained: {epochs} (of {40 * MAX_EPOCHS} without early stopping)")
+    print(f"Total epochs trained: {epochs} (of {num_samples * max_epochs} without early "
+          "stopping)")
     print(f"Results in {analysis.experiment_path}")
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description="ASHA on sklearn's digits data set.")
+    parser.add_argument("--smoke", action="store_true", help="a tiny run that takes seconds")
+    main(smoke=parser.parse_args().smoke)

@@ -7,10 +7,13 @@ reduction_factor=3 a band has 4 brackets of 4, 6, 12 and 27 trials whose first
 milestones are 27, 9, 3 and 1 epochs. Run it with:
 
     uv run --all-extras python examples/hyperband_digits.py
+
+(``--smoke`` runs one band with max_t=3: brackets of 2 and 3 trials, in seconds.)
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 from collections import Counter
@@ -55,20 +58,22 @@ def train_digits(config: dict, data: dict) -> None:
         )
 
 
-def main() -> None:
+def main(smoke: bool = False) -> None:
     local_dir = os.environ.get("TUNEKIT_RESULTS_DIR") or tempfile.mkdtemp(prefix="tunekit-hb-")
-    scheduler = HyperBandScheduler(max_t=MAX_EPOCHS, reduction_factor=3)
+    # one full band: with max_t=27 brackets of 4 + 6 + 12 + 27 trials; with 3, of 2 + 3
+    max_t, num_samples = (3, 2 + 3) if smoke else (MAX_EPOCHS, 4 + 6 + 12 + 27)
+    scheduler = HyperBandScheduler(max_t=max_t, reduction_factor=3)
     analysis = tune.run(
         tune.with_parameters(train_digits, data=load_data()),
         name="hyperband_digits",
         config={"alpha": tune.loguniform(1e-6, 1e-2), "eta0": tune.loguniform(1e-4, 1.0)},
-        num_samples=4 + 6 + 12 + 27,  # one full band
+        num_samples=num_samples,
         metric="mean_accuracy",
         mode="max",
         scheduler=scheduler,
         keep_checkpoints_num=1,
         local_dir=local_dir,
-        verbose=1,
+        verbose=0 if smoke else 1,
     )
     best = analysis.best_trial
     epochs = [t.last_result.get("training_iteration", 0) for t in analysis.trials]
@@ -76,9 +81,11 @@ def main() -> None:
     print(f"Best validation accuracy: {best.last_result['mean_accuracy']:.4f} "
           f"after {best.last_result['training_iteration']} epochs with {best.config}")
     print(f"Epochs per trial -> number of trials: {dict(sorted(Counter(epochs).items()))}")
-    print(f"Total epochs trained: {sum(epochs)} (of {len(epochs) * MAX_EPOCHS} without "
+    print(f"Total epochs trained: {sum(epochs)} (of {len(epochs) * max_t} without "
           "early stopping)")
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description="HyperBand on sklearn's digits data set.")
+    parser.add_argument("--smoke", action="store_true", help="a tiny run that takes seconds")
+    main(smoke=parser.parse_args().smoke)

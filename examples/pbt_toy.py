@@ -8,9 +8,11 @@ follows the decaying schedule. The script compares PBT with the same 8 fixed
 learning rates, then replays the schedule the best PBT trial followed.
 
 Run it with:  uv run --all-extras python examples/pbt_toy.py
-(it needs the tunekit-pbt plugin: `pip install tunekit-pbt`)
+(it needs the tunekit-pbt plugin: `pip install tunekit-pbt`; ``--smoke`` trains 4
+trials for 9 steps, which is too short to beat the fixed rates but shows every step)
 """
 
+import argparse
 import json
 import math
 import os
@@ -45,11 +47,13 @@ def toy(config):
         tune.report(p=p, lr=config["lr"])
 
 
-def main():
+def main(smoke=False):
+    steps = 9 if smoke else STEPS
+    lrs = [1.0, 0.3, 0.05, 0.01] if smoke else [1.0, 0.7, 0.5, 0.3, 0.1, 0.05, 0.02, 0.01]
     local_dir = os.environ.get("TUNEKIT_RESULTS_DIR") or tempfile.mkdtemp(prefix="tunekit-pbt-")
     common = dict(
-        config={"lr": tune.grid_search([1.0, 0.7, 0.5, 0.3, 0.1, 0.05, 0.02, 0.01])},
-        stop={"training_iteration": STEPS},
+        config={"lr": tune.grid_search(lrs)},
+        stop={"training_iteration": steps},
         metric="p",
         mode="max",
         local_dir=local_dir,
@@ -72,20 +76,30 @@ def main():
     print(f"Best p with PBT: {best.last_result['p']:.2f} (trial {best.trial_id}, "
           f"tag {best.experiment_tag})")
 
-    # The best trial's policy file holds the schedule of configs that led to its state.
-    policy_file = os.path.join(local_dir, "pbt", f"pbt_policy_{best.trial_id}.txt")
-    replay_scheduler = PopulationBasedTrainingReplay(policy_file)
-    print("The learning-rate schedule the best trial followed:")
+    # A trial's policy file holds the schedule of configs that led to its state; only
+    # trials that exploited another one have one (the others kept their lr throughout).
+    def policy_file(trial):
+        return os.path.join(local_dir, "pbt", f"pbt_policy_{trial.trial_id}.txt")
+
+    exploited = [t for t in analysis.trials if os.path.exists(policy_file(t))]
+    followed = max(exploited, key=lambda t: t.last_result["p"])
+    if followed is not best:
+        print(f"The best trial kept lr={best.config['lr']}; the best one that exploited "
+              f"reached p = {followed.last_result['p']:.2f}.")
+    replay_scheduler = PopulationBasedTrainingReplay(policy_file(followed))
+    print(f"The learning-rate schedule trial {followed.trial_id} followed:")
     print(f"  from step 1: lr={replay_scheduler.config['lr']:.4f}")
     for step, new_config in replay_scheduler.policy:
         print(f"  from step {step + 1}: lr={new_config['lr']:.4f}")
 
     # Train one model with that schedule from scratch.
-    replay = tune.run(toy, name="replay", stop={"training_iteration": STEPS},
+    replay = tune.run(toy, name="replay", stop={"training_iteration": steps},
                       scheduler=replay_scheduler, local_dir=local_dir, verbose=0)
     print(f"Replaying that schedule gives p = {replay.trials[0].last_result['p']:.2f}")
     print("Results in", local_dir)
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description="Population Based Training on a toy.")
+    parser.add_argument("--smoke", action="store_true", help="a tiny run that takes seconds")
+    main(smoke=parser.parse_args().smoke)
