@@ -16,7 +16,6 @@ import time
 
 import pytest
 
-import tunekit as tune
 from tunekit.progress_reporter import CLIReporter, JupyterNotebookReporter, detect_reporter
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
