@@ -749,3 +749,26 @@ def test_state_file_records_every_transition(tmp_path):
     assert [s for s, _ in trial["status_history"]] == [
         "PENDING", "RUNNING", "ERROR", "PENDING", "RUNNING", "TERMINATED"
     ]
+
+
+def test_gc_tuning_is_undone_after_the_run(tmp_path, monkeypatch):
+    import gc
+
+    seen = []
+
+    class Watch(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
+
+    before = (gc.get_threshold(), gc.get_freeze_count())
+    run(quadratic, tmp_path, config={"x": 1}, callbacks=[Watch()])
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
+    # during the run: young objects collected less often, what existed before set aside
+    assert seen and all(t >= 10_000 and frozen > 0 for t, frozen in seen)
+    with pytest.raises(TuneError):
+        run(raises, tmp_path, name="raises")
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before  # also when run() raises
+    seen.clear()
+    monkeypatch.setenv("TUNEKIT_DISABLE_GC_TUNING", "1")
+    run(quadratic, tmp_path, config={"x": 1}, callbacks=[Watch()], name="untuned")
+    assert seen and all(t == before[0][0] for t, _ in seen)
