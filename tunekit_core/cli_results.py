@@ -82,29 +82,21 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{name}/"))
-        else:
-            out[name] = value
-    return out
-
-
 def _rows(analysis: Any) -> tuple[list[str], list[dict[str, Any]]]:
     """One row per trial: id, name, status, searched parameters, progress, metrics, logdir."""
     from .progress import AUTO_RESULT_KEYS
+    from .space import flatten_dict
 
     params: dict[str, None] = {}
     metrics: dict[str, None] = {}
     rows = []
     for trial in analysis.trials:
-        result = _flat({k: v for k, v in (trial.last_result or {}).items() if k != "config"})
+        result = flatten_dict({k: v for k, v in (trial.last_result or {}).items() if k != "config"})
         evaluated = dict(trial.evaluated_params or {})
         if not evaluated:  # a directory without searched parameters: show the constants
-            evaluated = {k: v for k, v in _flat(trial.config or {}).items() if not isinstance(v, list)}
+            evaluated = {
+                k: v for k, v in flatten_dict(trial.config or {}).items() if not isinstance(v, list)
+            }
         row: dict[str, Any] = {"trial_id": trial.trial_id, "name": str(trial), "status": trial.status}
         for key, value in evaluated.items():
             params[f"config/{key}"] = None

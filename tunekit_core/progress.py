@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from .space import lookup as _lookup
+
 __all__ = [
     "AUTO_RESULT_KEYS",
     "CLIReporter",
@@ -78,27 +80,9 @@ _DEFAULT_REPRESENTATIONS = {
 }
 
 _STATE_ORDER = ("RUNNING", "PAUSED", "PENDING", "TERMINATED", "ERROR")
-_MISSING = object()
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _lookup(d: Mapping[str, Any] | None, key: str, default: Any = None) -> Any:
-    """``d[key]``, where ``"a/b"`` also names ``d["a"]["b"]``."""
-    if not d:
-        return default
-    value = d.get(key, _MISSING)
-    if value is not _MISSING:
-        return value
-    if "/" not in key:
-        return default
-    node: Any = d
-    for part in key.split("/"):
-        if not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
-    return node
 
 
 def _is_number(value: Any) -> bool:

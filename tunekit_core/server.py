@@ -43,6 +43,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .space import lookup
+
 logger = logging.getLogger("tunekit")
 
 __all__ = [
@@ -182,18 +184,6 @@ def numeric_fields(result: dict, prefix: str = "", out: dict | None = None) -> d
         if number is not None:
             out[f"{prefix}{key}"] = number
     return out
-
-
-def _result_value(result: dict, key: str) -> Any:
-    """``result[key]``, where ``"a/b"`` also names ``result["a"]["b"]``."""
-    if key in result or "/" not in key:
-        return result.get(key)
-    node: Any = result
-    for part in key.split("/"):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _flat_params(trial: Any) -> dict:
@@ -517,7 +507,7 @@ class RunBackend(_Backend):
         points = super().improvements(trial, metric, mode)
         last = getattr(trial, "last_result", None)  # not yet in the result file, maybe
         if last:
-            value = _number(_result_value(last, metric))
+            value = _number(lookup(last, metric))
             stamp = _number(last.get("timestamp"))
             if value is not None and stamp is not None and (
                 not points or (value < points[-1][1] if mode == "min" else value > points[-1][1])

@@ -801,6 +801,24 @@ def set_path(config: Any, path: Sequence, value: Any) -> None:
     raise ValueError("Cannot assign into a tuple at the root of the config.")
 
 
+def lookup(d: Mapping | None, key: str, default: Any = None) -> Any:
+    """``d[key]``, where a key with "/" also names a nested value (``"a/b"`` is
+    ``d["a"]["b"]``), as the flattened result keys of stop criteria and metrics do.
+    ``default`` when it is missing (or ``d`` is None)."""
+    if not d:
+        return default
+    if key in d:
+        return d[key]
+    if "/" not in key:
+        return default
+    node: Any = d
+    for part in key.split("/"):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
 def flatten_dict(d: Mapping, delimiter: str = "/", prevent_delimiter: bool = False) -> dict:
     """Flatten nested dicts into one level, joining keys with ``delimiter``.
 

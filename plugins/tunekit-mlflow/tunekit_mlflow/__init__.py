@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tunekit_core.callback import LoggerCallback
+from tunekit_core.space import flatten_dict
 
 __all__ = ["BEST_CHECKPOINT_ARTIFACT", "MLflowLoggerCallback"]
 
@@ -311,7 +312,8 @@ class MLflowLoggerCallback(LoggerCallback):
         limit = self._mlflow["max_param_length"]
         Param = self._mlflow["Param"]
         new = []
-        for key, value in _flatten(config or {}).items():
+        for key, value in flatten_dict(config or {}).items():
+            key = str(key)
             if key in run.params or key in self._rejected:
                 continue
             text = str(value)
@@ -376,17 +378,6 @@ class MLflowLoggerCallback(LoggerCallback):
         if best.get("score") is not None:
             tags.append(RunTag("best_checkpoint_score", str(best["score"])))
         self._log_batch(run.run_id, tags=tags)
-
-
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}/"))
-        else:
-            flat[name] = value
-    return flat
 
 
 def _collect_metrics(
