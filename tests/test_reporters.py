@@ -269,3 +269,55 @@ def test_notebook_run_updates_one_html_table(tmp_path):
     texts = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert "== Status ==" not in texts
     assert nb.cells[2].outputs[0]["data"]["text/plain"] == "'JupyterNotebookReporter'"
+
+
+# --------------------------------------------------------------------------- custom reporters
+
+
+def _two_steps(config):
+    import tunekit
+
+    for step in range(2):
+        tunekit.report(loss=config["x"] + step)
+
+
+def test_a_custom_progress_reporter_receives_the_run(tmp_path):
+    import tunekit
+
+    class Recorder(tunekit.ProgressReporter):
+        def __init__(self):
+            self.properties = None
+            self.checks = 0
+            self.reports = []
+
+        def set_search_properties(self, metric, mode):
+            self.properties = (metric, mode)
+            return True
+
+        def should_report(self, trials, done=False):
+            self.checks += 1
+            return done
+
+        def report(self, trials, done, *sys_info):
+            self.reports.append((done, sorted(t.status for t in trials), sys_info))
+
+    recorder = Recorder()
+    tunekit.run(_two_steps, config={"x": tunekit.grid_search([1, 2])}, metric="loss",
+                mode="min", verbose=1, progress_reporter=recorder, local_dir=str(tmp_path))
+    assert recorder.properties == ("loss", "min")
+    assert recorder.checks >= 2  # asked after loop steps; reports only when done
+    done, statuses, sys_info = recorder.reports[-1]
+    assert done and statuses == ["TERMINATED", "TERMINATED"]
+    assert any("Resources requested" in line for line in sys_info)
+
+    class Refuses(Recorder):
+        def set_search_properties(self, metric, mode):
+            return False
+
+    with pytest.raises(ValueError, match="progress reporter already has its own"):
+        tunekit.run(_two_steps, config={"x": 1}, metric="loss", mode="min", verbose=1,
+                    progress_reporter=Refuses(), local_dir=str(tmp_path))
+    silent = Recorder()
+    tunekit.run(_two_steps, config={"x": 1}, verbose=0, progress_reporter=silent,
+                local_dir=str(tmp_path), name="silent")
+    assert silent.reports == []  # verbose=0 shows nothing, whatever the reporter
