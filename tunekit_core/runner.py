@@ -954,11 +954,27 @@ _BACKUP_PERIOD_S = 60.0
 
 
 def _saved_state(obj: Any, experiment_dir: str) -> bytes | None:
-    """What ``obj.save(path)`` writes, as bytes (searchers' and schedulers' plugin API)."""
+    """What ``obj.save(path)`` writes, as bytes (searchers' and schedulers' plugin API).
+
+    Searchers save at every commit that follows a new or finished trial, so this is on
+    the per-trial path: a searcher with the base class's ``save`` (the pickled
+    ``get_state()``) is serialised in memory, and other ``save`` methods write to a
+    RAM-backed scratch directory where the system has one.
+    """
+    from .searcher import ConcurrencyLimiter, Searcher, dumps_state
+
     save = getattr(obj, "save", None)
     if save is None:
         return None
-    path = os.path.join(experiment_dir, f".tunekit-state-{uuid.uuid4().hex[:8]}.tmp")
+    target = obj
+    while type(target).save is ConcurrencyLimiter.save:  # it saves the wrapped searcher
+        target = target.searcher
+    if type(target).save is Searcher.save:
+        try:
+            return dumps_state(target.get_state())
+        except NotImplementedError:
+            return None
+    path = os.path.join(_scratch_dir(experiment_dir), f".tunekit-state-{uuid.uuid4().hex[:8]}.tmp")
     try:
         save(path)
         with open(path, "rb") as f:
@@ -972,8 +988,20 @@ def _saved_state(obj: Any, experiment_dir: str) -> bytes | None:
             pass
 
 
+_scratch: str | None = None
+
+
+def _scratch_dir(experiment_dir: str) -> str:
+    """Where state files that live for a moment go: /dev/shm (memory) if usable."""
+    global _scratch
+    if _scratch is None:
+        shm = "/dev/shm"
+        _scratch = shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else ""
+    return _scratch or experiment_dir
+
+
 def _restore_state(obj: Any, blob: bytes, experiment_dir: str) -> None:
-    path = os.path.join(experiment_dir, f".tunekit-state-{uuid.uuid4().hex[:8]}.tmp")
+    path = os.path.join(_scratch_dir(experiment_dir), f".tunekit-state-{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(path, "wb") as f:
             f.write(blob)

@@ -26,15 +26,20 @@ __all__ = ["Searcher", "ConcurrencyLimiter"]
 _VALID_MODES = (None, "min", "max")
 
 
-def _dump(obj: Any, path: str) -> None:
+def dumps_state(obj: Any) -> bytes:
+    """The bytes :meth:`Searcher.save` writes for the state ``obj``."""
     try:
         import cloudpickle  # noqa: PLC0415 - only needed when saving
 
-        data = cloudpickle.dumps(obj)
+        return cloudpickle.dumps(obj)
     except ImportError:  # pragma: no cover - cloudpickle is a core dependency
         import pickle  # noqa: PLC0415
 
-        data = pickle.dumps(obj)
+        return pickle.dumps(obj)
+
+
+def _dump(obj: Any, path: str) -> None:
+    data = dumps_state(obj)
     tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
     with open(tmp, "wb") as f:
         f.write(data)
