@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     uv run python benchmarks/reliability.py \
         [--part save,resume,checkpoint-overhead] [--frameworks tunekit,ray] \
-        [--large 10000] [--small 100] [--repeats 3] [--json PATH] [--markdown PATH]
+        [--large 10000] [--small 100] [--repeats 3] [--json PATH]
     uv run python benchmarks/reliability.py --prepare      # only create the cached experiments
 
 Every measurement runs in a fresh subprocess (this file, called back with ``_worker NAME``),
