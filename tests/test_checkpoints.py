@@ -8,6 +8,11 @@ import pickle
 
 import pytest
 
+try:
+    from _schedulers import pause_once_at_two
+except ImportError:  # tests imported as a package
+    from tests._schedulers import pause_once_at_two
+
 import tunekit as tune
 from tunekit_core.checkpoint import Checkpoint, TrialCheckpoints
 
@@ -253,25 +258,6 @@ def test_checkpoint_api(tmp_path):
 # -- pausing (schedulers that return PAUSE) ---------------------------------------------------
 
 
-def _pause_once_scheduler():
-    from tunekit.schedulers import FIFOScheduler
-
-    class PauseOnce(FIFOScheduler):
-        supports_buffered_results = False
-
-        def __init__(self):
-            super().__init__()
-            self.paused = set()
-
-        def on_trial_result(self, runner, trial, result):
-            if result["training_iteration"] == 2 and trial.trial_id not in self.paused:
-                self.paused.add(trial.trial_id)
-                return self.PAUSE
-            return self.CONTINUE
-
-    return PauseOnce()
-
-
 def counting_with_checkpoints(config):
     start = 0
     if tune.get_checkpoint() is not None:
@@ -284,11 +270,11 @@ def counting_with_checkpoints(config):
 def test_paused_trials_continue_from_their_checkpoint(tmp_path, trainable):
     if trainable == "function":
         analysis = run(counting_with_checkpoints, tmp_path, num_samples=3,
-                       scheduler=_pause_once_scheduler(), name="fn")
+                       scheduler=pause_once_at_two(), name="fn")
         starts = [t.last_result["start"] for t in analysis.trials]
         assert starts == [2, 2, 2]
     else:
-        analysis = run(Stateful, tmp_path, num_samples=3, scheduler=_pause_once_scheduler(),
+        analysis = run(Stateful, tmp_path, num_samples=3, scheduler=pause_once_at_two(),
                        stop={"training_iteration": 4}, name="cls")
         assert [t.last_result["restored_from"] for t in analysis.trials] == [2, 2, 2]
     for trial in analysis.trials:

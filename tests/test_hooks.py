@@ -16,6 +16,11 @@ try:
 except ImportError:  # tests imported as a package
     from tests.test_registry import plugin_site, test_plugins  # noqa: F401
 
+try:
+    from _schedulers import pause_once_at_two
+except ImportError:  # tests imported as a package
+    from tests._schedulers import pause_once_at_two
+
 import tunekit as tune
 from tunekit_core import registry
 from tunekit_core.callback import Callback, LoggerCallback
@@ -418,25 +423,6 @@ def test_on_trial_save_follows_each_persisted_checkpoint(tmp_path, kind) -> None
     assert recorder.of("restore") == []  # nothing started from a checkpoint
 
 
-def _pause_once_at_two():
-    from tunekit.schedulers import FIFOScheduler
-
-    class PauseOnce(FIFOScheduler):
-        supports_buffered_results = False
-
-        def __init__(self):
-            super().__init__()
-            self.paused = set()
-
-        def on_trial_result(self, runner, trial, result):
-            if result["training_iteration"] == 2 and trial.trial_id not in self.paused:
-                self.paused.add(trial.trial_id)
-                return self.PAUSE
-            return self.CONTINUE
-
-    return PauseOnce()
-
-
 class InterruptAtTwo(Callback):
     """Presses Ctrl+C (SIGINT to this process) when a trial reports its iteration 2."""
 
@@ -461,7 +447,7 @@ def test_on_trial_restore_when_a_trial_continues_from_a_checkpoint(tmp_path, cas
         restored_from = None
     elif case == "unpause":
         analysis = _run(counts_to_four, tmp_path, recorder, config=config,
-                        scheduler=_pause_once_at_two())
+                        scheduler=pause_once_at_two())
         restored_from = 2
     elif case == "restore":
         first = tune.run(counts_to_four, config=config, name="first", local_dir=str(tmp_path),

@@ -35,7 +35,12 @@ from tunekit_ray.executor import _place  # noqa: E402
 
 import tunekit  # noqa: E402
 from tunekit import Callback  # noqa: E402
-from tunekit.schedulers import FIFOScheduler  # noqa: E402
+
+try:
+    from _schedulers import pause_once_at_two  # noqa: E402
+except ImportError:  # tests imported as a package
+    from tests._schedulers import pause_once_at_two  # noqa: E402
+
 from tunekit_core.resources import PlacementGroupFactory  # noqa: E402
 
 HEAD = "127.0.0.2"
@@ -319,25 +324,11 @@ def test_class_trainable_reuse_stop_and_checkpoints_on_the_other_node(cluster, t
         assert trial.checkpoint.to_dict() == {"value": trial.last_result["value"]}
 
 
-class _PauseOnce(FIFOScheduler):
-    supports_buffered_results = False
-
-    def __init__(self):
-        super().__init__()
-        self.paused = set()
-
-    def on_trial_result(self, runner, trial, result):
-        if result["training_iteration"] == 2 and trial.trial_id not in self.paused:
-            self.paused.add(trial.trial_id)
-            return self.PAUSE
-        return self.CONTINUE
-
-
 def test_paused_trials_checkpoint_on_their_node_and_continue(cluster, tmp_path):
     analysis = tunekit.run(
         _Counter,
         config={"step": tunekit.grid_search([1, 10, 100])},
-        scheduler=_PauseOnce(),
+        scheduler=pause_once_at_two(),
         stop={"training_iteration": 4},
         trial_executor=RayExecutor(shared_storage=False),
         local_dir=str(tmp_path),
