@@ -73,6 +73,27 @@ def test_report_with_checkpoint_and_retry_continues_from_it(tmp_path):
     assert trial.checkpoint.path == os.path.join(trial.local_path, "checkpoint_000006")
 
 
+def dies_right_after_a_checkpoint(config):
+    """200 quick reports (most of them buffered), one with a checkpoint, then a hard exit."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        tune.report({"restored_from": checkpoint.to_dict()["i"]})
+        return
+    for i in range(1, 201):
+        tune.report({"i": i})
+    tune.report({"i": 201}, checkpoint=tune.Checkpoint.from_dict({"i": 201}))
+    os._exit(1)  # no exception, no flush: the process is simply gone
+
+
+def test_a_checkpoint_whose_report_returned_survives_the_process_dying_next(tmp_path):
+    analysis = run(dies_right_after_a_checkpoint, tmp_path, max_failures=1)
+    (trial,) = analysis.trials
+    assert trial.status == "TERMINATED"
+    assert trial.num_failures == 1
+    assert trial.last_result["restored_from"] == 201
+    assert trial.last_result["training_iteration"] == 202
+
+
 def legacy_style(config, checkpoint_dir=None):
     start = 0
     if checkpoint_dir:

@@ -7,7 +7,9 @@ Results flow back in batches with credit-based flow control: the first result of
 quiet trial goes out at once; while a batch is unacknowledged, further results
 accumulate and leave together when the driver acknowledges the previous batch. A
 trial may have at most ``window`` results unacknowledged (1 for schedulers that do
-not accept buffered results), after which ``report`` waits for the driver.
+not accept buffered results), after which ``report`` waits for the driver. A result
+with a checkpoint is sent at once and ``report`` waits for its acknowledgement, so a
+checkpoint whose report returned is known to the driver even if the process dies next.
 """
 
 from __future__ import annotations
@@ -173,9 +175,14 @@ class Worker:
             if final:
                 # Sent together with the end-of-trial message by finish().
                 raise TrialStopped()
-            if self.inflight == 0:
+            # A result that carries a checkpoint goes out at once and report() returns only
+            # once the driver has processed it: a checkpoint whose report returned is
+            # registered, so it survives the trial's process dying right afterwards.
+            durable = CHECKPOINT_KEY in result
+            if self.inflight == 0 or durable:
                 self._flush_locked(None)
-            while self.inflight + len(self.buffer) >= self.window:
+            limit = 1 if durable else self.window
+            while self.inflight + len(self.buffer) >= limit:
                 if self.trial_id in self.stopped:
                     raise TrialStopped()
                 self.cond.wait()
