@@ -7,6 +7,8 @@ objective are run, once per seed (``--seeds``, 5), by
   Hyperopt: ``fmin`` with ``tpe.suggest`` and ``rstate=default_rng(seed)``), in process;
 - ``tunekit``: ``tunekit.run`` with ``OptunaSearch(seed=seed)`` /
   ``HyperOptSearch(random_state_seed=seed)``, 1 CPU per trial, 2 trials at a time;
+- ``tunekit-driver``: the same with ``TUNEKIT_SEARCHER_PROCESS=0`` (the searcher computes
+  in the driver instead of its own process), for comparison;
 - ``ray``: Ray Tune's ``OptunaSearch``/``HyperOptSearch`` (same seeds) through
   ``Tuner.fit`` with ``reuse_actors=True``, 1 CPU per trial, 2 at a time;
 - ``ray-default``: the same with Ray's default ``reuse_actors=False``.
@@ -51,7 +53,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULT_PREFIX = "BENCH_RESULT "
 LIBRARIES = ("optuna", "hyperopt")
-FRAMEWORKS = ("raw", "tunekit", "ray", "ray-default")
+FRAMEWORKS = ("raw", "tunekit", "tunekit-driver", "ray", "ray-default")
 DEFAULT_RAY_PYTHON = HERE / ".venv-ray" / "bin" / "python"
 RUN_TIMEOUT_S = 3600
 
@@ -226,7 +228,9 @@ def worker(args: argparse.Namespace) -> None:
     if args.framework == "raw":
         out = (run_raw_optuna if args.library == "optuna" else run_raw_hyperopt)(
             args.seed, args.trials)
-    elif args.framework == "tunekit":
+    elif args.framework in ("tunekit", "tunekit-driver"):
+        if args.framework == "tunekit-driver":
+            os.environ["TUNEKIT_SEARCHER_PROCESS"] = "0"  # the searcher stays in the driver
         out = run_tunekit(args.library, args.seed, args.trials, args.profile_out)
     else:
         out = run_ray(args.library, args.seed, args.trials, args.framework == "ray",
@@ -325,7 +329,7 @@ def summarise(results: list[dict], libraries: list[str], frameworks: list[str]) 
     lines = []
     for library in libraries:
         lines.append(f"\n== {library} ==")
-        lines.append(f"{'framework':<12} {'trials':>6} {'trials/s (median; per seed)':<44} "
+        lines.append(f"{'framework':<14} {'trials':>6} {'trials/s (median; per seed)':<44} "
                      f"{'best objective: mean ± sd (per seed)'}")
         rates: dict[str, float] = {}
         bests: dict[str, list[float]] = {}
@@ -340,13 +344,16 @@ def summarise(results: list[dict], libraries: list[str], frameworks: list[str]) 
             per_seed = ", ".join(f"{r['trials_per_s']:.1f}" for r in rows)
             sd = statistics.stdev(best) if len(best) > 1 else 0.0
             lines.append(
-                f"{fw:<12} {rows[0]['trials']:>6} {rate:>8.1f}  ({per_seed}){'':<4} "
+                f"{fw:<14} {rows[0]['trials']:>6} {rate:>8.1f}  ({per_seed}){'':<4} "
                 f"{statistics.mean(best):.4f} ± {sd:.4f}  ({', '.join(f'{b:.4f}' for b in best)})"
             )
         if "tunekit" in rates and "raw" in rates:
             ratio = rates["tunekit"] / rates["raw"]
             lines.append(f"  tunekit / raw trials/s = {ratio:.2f}  (target >= 0.8: "
                          f"{'PASS' if ratio >= 0.8 else 'FAIL'})")
+        if "tunekit-driver" in rates and "raw" in rates:
+            lines.append(f"  tunekit-driver / raw trials/s = "
+                         f"{rates['tunekit-driver'] / rates['raw']:.2f} (searcher in the driver)")
         ray_rates = {fw: rates[fw] for fw in ("ray", "ray-default") if fw in rates}
         if "tunekit" in rates and ray_rates:
             best_fw = max(ray_rates, key=ray_rates.get)
@@ -378,7 +385,7 @@ def main() -> None:
     parser.add_argument("--profile-out", help=argparse.SUPPRESS)
     parser.add_argument("--libraries", default=",".join(LIBRARIES))
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
-                        help="subset of raw,tunekit,ray,ray-default")
+                        help="subset of raw,tunekit,tunekit-driver,ray,ray-default")
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--ray-default-trials", type=int, default=None,

@@ -354,10 +354,12 @@ def run(
             experiments=experiments,
             total_num_samples=sum(s.max_trials or 0 for s in sources) or None,
         )
+        loop.start_searcher_processes()
         with _driver_gc():
             loop.run()
             loop.finish()
     finally:
+        loop.close_searcher_processes(sync_back=False)  # after a failure: just end them
         if server is not None:
             from .server import finish_run_server
 

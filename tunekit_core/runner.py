@@ -8,6 +8,7 @@ and hooks, and ends the experiment when nothing is left to run.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from .errors import TuneError
 from .executor import Executor, TrainableRef, TrialLaunch
 from .experiment import Experiment
 from .result_files import truncate_results
+from .searcher_process import SearcherProcess, replay, wants_own_process
 from .trainable import date_str
 from .trial import ERROR, PAUSED, PENDING, RUNNING, TERMINATED, Trial
 
@@ -131,6 +133,7 @@ class RunLoop:
         self._sink = self._status_changed  # one bound method shared by every trial
         self._urgent = False  # a status or checkpoint changed: commit at the end of this step
         self._searchers_dirty = True
+        self._searcher_processes: list[SearcherProcess] = []
         self._prune_after_commit: list[str] = []
         self._last_commit = 0.0
         self._last_scheduler_save = 0.0
@@ -208,8 +211,16 @@ class RunLoop:
                     )
         source = self._added_source_for(index)
         trials = []
+        reserved = {
+            source.searcher.pending_trial_id()
+            for source in self._sources
+            if isinstance(source.searcher, SearcherProcess)
+        }
         for resolved, variant in variants:
             trial_id = f"{self._id_prefix}{self._counter:05d}"
+            while trial_id in reserved:
+                self._counter += 1
+                trial_id = f"{self._id_prefix}{self._counter:05d}"
             self._counter += 1
             trials.append(self._add_trial(source, trial_id, variant, resolved))
         return trials
@@ -273,6 +284,10 @@ class RunLoop:
                 self._source_index += 1
                 continue
             trial_id = f"{self._id_prefix}{self._counter:05d}"
+            proxy = source.searcher if isinstance(source.searcher, SearcherProcess) else None
+            if proxy is not None:
+                # A suggestion asked of the searcher's process keeps the id it was asked for.
+                trial_id = proxy.pending_trial_id() or trial_id
             config = source.searcher.suggest(trial_id)
             if config is None:
                 self._search_waiting = True
@@ -280,7 +295,7 @@ class RunLoop:
             if isinstance(config, str):  # Searcher.FINISHED
                 self._source_index += 1
                 continue
-            self._counter += 1
+            self._counter = max(self._counter, int(trial_id[len(self._id_prefix):]) + 1)
             if source.base_config:
                 # A searcher with its own space: the constants of `config` still apply.
                 config = space.deep_merge(copy.deepcopy(source.base_config), config)
@@ -570,6 +585,8 @@ class RunLoop:
         result = trial.last_result
         self._searchers_dirty = True
         trial._source.searcher.on_trial_complete(trial.trial_id, result=result, error=False)
+        if self._searcher_processes:
+            self._ask_early()
         self._scheduler.on_trial_complete(self, trial, result)
         self._hook.tunekit_on_trial_complete(trial=trial, iteration=self._iteration, trials=self._trials)
         if self._verbose >= 2:
@@ -725,6 +742,7 @@ class RunLoop:
     def finish(self) -> None:
         """Save the final state, then tell the hooks (loggers close, syncers upload it all)."""
         self._maybe_save_state(force=True)
+        self.close_searcher_processes()
         self.write_snapshot()
         self._hook.tunekit_on_experiment_end(trials=self._trials)
         if self.store is not None:
@@ -798,9 +816,13 @@ class RunLoop:
             return
         self._hook.tunekit_flush()
         kv: dict[str, Any] = {"runner_data": json.dumps(self.runner_data())}
-        if self._searchers_dirty or force:
+        if self._searchers_dirty or force or self._searcher_processes:
             for index, source in enumerate(self._sources):
-                blob = _saved_state(source.searcher, self.experiment_dir)
+                if isinstance(source.searcher, SearcherProcess):
+                    blob, log = source.searcher.snapshot(fresh=force)
+                    kv[f"searcher_log/{index}"] = pickle.dumps(log, protocol=pickle.HIGHEST_PROTOCOL)
+                else:
+                    blob = _saved_state(source.searcher, self.experiment_dir)
                 if blob is not None:
                     kv[f"searcher/{index}"] = blob
             self._searchers_dirty = False
@@ -834,6 +856,57 @@ class RunLoop:
         except OSError as exc:
             logger.warning("Could not save the experiment state in %s: %s", self.experiment_dir, exc)
 
+    # -- searchers in processes of their own ---------------------------------------------
+    def start_searcher_processes(self) -> None:
+        """Move model-based searchers into processes of their own (see searcher_process).
+
+        Only with the local executor on Linux, and not with TUNEKIT_SEARCHER_PROCESS=0.
+        """
+        from .local_executor import LocalExecutor
+
+        if os.environ.get("TUNEKIT_SEARCHER_PROCESS", "1").strip().lower() in ("0", "false", "no"):
+            return
+        if not sys.platform.startswith("linux") or not isinstance(self.trial_executor, LocalExecutor):
+            return
+        for source in self._sources:
+            if source.max_trials == 0 or not wants_own_process(source.searcher):
+                continue
+            proxy = SearcherProcess(
+                source.searcher,
+                self.trial_executor.wakeup,
+                functools.partial(_saved_state, experiment_dir=self.experiment_dir),
+            )
+            source.searcher = proxy
+            if source.searcher_on_result is not None:
+                source.searcher_on_result = proxy.on_trial_result
+            self._searcher_processes.append(proxy)
+
+    def _ask_early(self) -> None:
+        """A slot is about to free: let a searcher process start on the next suggestion.
+
+        The run loop asks for it at its next step anyway (it keeps one trial queued);
+        asking now lets the searcher compute while this step commits and writes files.
+        """
+        if self._pending or self._search_finished or self._stop_requested:
+            return
+        if self._source_index >= len(self._sources):
+            return
+        source = self._sources[self._source_index]
+        if not isinstance(source.searcher, SearcherProcess):
+            return
+        if source.max_trials is not None and source.created >= source.max_trials:
+            return
+        source.searcher.ask_early(f"{self._id_prefix}{self._counter:05d}")
+
+    def close_searcher_processes(self, sync_back: bool = True) -> None:
+        """End the searchers' processes; their final state goes back into the user's objects."""
+        for source in self._sources:
+            if isinstance(source.searcher, SearcherProcess):
+                proxy = source.searcher
+                source.searcher = proxy._local
+                proxy.close(sync_back=sync_back)
+        self._searcher_processes = []
+
     # -- resume ------------------------------------------------------------------------
     def restore_state(self, state: dict, errored: str | None) -> None:
         """Continue the experiment saved in ``state`` (from :func:`load_database`).
@@ -853,6 +926,10 @@ class RunLoop:
             blob = kv.get(f"searcher/{index}")
             if blob is not None:
                 _restore_state(source.searcher, blob, self.experiment_dir)
+                log = kv.get(f"searcher_log/{index}")
+                if log:
+                    # What the searcher heard in its own process after that state was taken.
+                    replay(source.searcher, pickle.loads(log))
         if kv.get("scheduler") is not None:
             _restore_state(self._scheduler, kv["scheduler"], self.experiment_dir)
             scheduler_restored = True

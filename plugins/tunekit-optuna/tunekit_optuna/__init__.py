@@ -142,6 +142,11 @@ class OptunaSearch(Searcher):
     naming the parameter.
     """
 
+    # Suggestions cost milliseconds of Python: the run loop serves this searcher from a
+    # process of its own, so they are computed while the driver does its bookkeeping
+    # (tunekit_core.searcher_process; TUNEKIT_SEARCHER_PROCESS=0 keeps it in the driver).
+    run_in_own_process = True
+
     def __init__(
         self,
         space: dict | Callable[[optuna.trial.Trial], dict | None] | None = None,

@@ -1,0 +1,152 @@
+"""Searchers served from a process of their own (tunekit_core.searcher_process)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+
+import pytest
+
+import tunekit as tune
+from tunekit.search import ConcurrencyLimiter, Searcher
+from tunekit_core.runner import _restore_state, _saved_state
+from tunekit_core.searcher_process import SearcherProcess, replay
+
+
+class Recording(Searcher):
+    """Deterministic given its state: draws from its own seeded RNG, records what it hears."""
+
+    run_in_own_process = True
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__(metric="loss", mode="min")
+        self.rng = random.Random(0)
+        self.suggested: list[str] = []
+        self.completed: list[tuple[str, float | None]] = []
+        self.pids: set[int] = set()
+        self.fail_at = fail_at
+
+    def suggest(self, trial_id):
+        if self.fail_at is not None and len(self.suggested) == self.fail_at:
+            raise ValueError(f"planned failure at suggestion {self.fail_at}")
+        self.suggested.append(trial_id)
+        self.pids.add(os.getpid())
+        return {"x": self.rng.random(), "pid": os.getpid()}
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        self.completed.append((trial_id, None if result is None else result.get("loss")))
+
+
+def square(config):
+    tune.report({"loss": config["x"] ** 2})
+
+
+def _run(tmp_path, searcher, **kwargs):
+    kwargs.setdefault("num_samples", 6)
+    return tune.run(square, search_alg=searcher, metric="loss", mode="min", verbose=0,
+                    local_dir=str(tmp_path), **kwargs)
+
+
+def test_an_opted_in_searcher_runs_in_another_process_and_its_state_comes_back(tmp_path):
+    searcher = Recording()
+    analysis = _run(tmp_path, searcher, max_concurrent_trials=2)
+    pids = {t.config["pid"] for t in analysis.trials}
+    assert len(pids) == 1 and os.getpid() not in pids
+    # The user's object (under the ConcurrencyLimiter run() adds) holds the whole run.
+    ids = sorted(t.trial_id for t in analysis.trials)
+    assert sorted(searcher.suggested) == ids
+    assert sorted(searcher.completed) == sorted((t.trial_id, t.last_result["loss"]) for t in analysis.trials)
+    assert searcher.pids == pids
+    (child,) = pids
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # ended and reaped
+
+
+def test_the_process_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEKIT_SEARCHER_PROCESS", "0")
+    analysis = _run(tmp_path, Recording(), num_samples=3)
+    assert {t.config["pid"] for t in analysis.trials} == {os.getpid()}
+
+
+def test_same_trials_and_configs_as_in_the_driver(tmp_path, monkeypatch):
+    """One trial at a time, the sequence of calls is fixed: both ways give the same run."""
+    runs = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("TUNEKIT_SEARCHER_PROCESS", flag)
+        searcher = Recording()
+        analysis = _run(tmp_path / flag, searcher, max_concurrent_trials=1)
+        runs.append(([t.config["x"] for t in analysis.trials], [c[1] for c in searcher.completed]))
+    assert runs[0] == runs[1]
+
+
+def test_an_exception_in_the_searcher_process_reaches_the_caller(tmp_path):
+    with pytest.raises(ValueError, match="planned failure at suggestion 2"):
+        _run(tmp_path, Recording(fail_at=2), max_concurrent_trials=1)
+
+
+def test_snapshot_and_replay_rebuild_the_searchers_state(tmp_path):
+    """What a commit stores (state + log) restores to the state the child holds."""
+    searcher = Recording()
+    saved = lambda s: _saved_state(s, str(tmp_path))  # noqa: E731
+    proxy = SearcherProcess(searcher, lambda: None, saved)
+    try:
+        taken = []
+        for i in range(5):
+            trial_id = f"t{i}"
+            while (config := proxy.suggest(trial_id)) is None:
+                proxy._conn.poll(5)
+            taken.append(config["x"])
+            proxy.on_trial_complete(trial_id, {"loss": config["x"]})
+        # a suggestion asked for and not taken is not part of the state
+        proxy.ask_early("t5")
+        state, log = proxy.snapshot()
+        assert [name for name, _, _ in log].count("suggest") == 5
+        restored = Recording()
+        _restore_state(restored, state, str(tmp_path))
+        replay(restored, pickle.loads(pickle.dumps(log)))
+        assert restored.suggested == [f"t{i}" for i in range(5)]
+        assert [c[1] for c in restored.completed] == taken
+        # and it continues exactly as the child does
+        while (nxt := proxy.suggest("t5")) is None:
+            proxy._conn.poll(5)
+        assert restored.suggest("t5")["x"] == nxt["x"]
+        # the final state replaces the local object's
+        proxy.close()
+        assert searcher.suggested == [f"t{i}" for i in range(6)]
+    finally:
+        proxy.close(sync_back=False)
+
+
+def test_a_long_log_is_compacted_into_a_fresh_state(tmp_path):
+    searcher = Recording()
+    proxy = SearcherProcess(searcher, lambda: None, lambda s: _saved_state(s, str(tmp_path)))
+    try:
+        for i in range(100):
+            proxy.on_trial_complete(f"u{i}", {"loss": float(i)})
+        proxy._call("get_state", (), {})  # everything sent so far has been handled
+        state, log = proxy.snapshot()
+        assert len(log) < 64
+        restored = Recording()
+        _restore_state(restored, state, str(tmp_path))
+        replay(restored, log)
+        assert [c[1] for c in restored.completed] == [float(i) for i in range(100)]
+    finally:
+        proxy.close(sync_back=False)
+
+
+def test_methods_of_a_wrapped_searcher_run_in_the_child(tmp_path):
+    inner = Recording()
+    proxy = SearcherProcess(ConcurrencyLimiter(inner, 2), lambda: None,
+                            lambda s: _saved_state(s, str(tmp_path)))
+    try:
+        assert proxy.metric == "loss"
+        with pytest.raises(AttributeError):
+            proxy.searcher  # noqa: B018 - a stale copy must not be handed out
+        while proxy.suggest("a") is None:
+            proxy._conn.poll(5)
+        assert proxy.get_state()["live_trials"] == {"a"}  # the limiter's, in the child
+        proxy.close()
+        assert inner.suggested == ["a"]
+    finally:
+        proxy.close(sync_back=False)

@@ -1,0 +1,437 @@
+"""A model-based searcher in a process of its own, working while the driver does.
+
+A searcher such as Optuna's TPE or Hyperopt spends milliseconds per suggestion, in
+Python, under the driver's GIL: in-process, every suggestion waits for the driver's
+bookkeeping of the previous trial and the other way round. :class:`SearcherProcess`
+forks the driver once the searcher is set up, and the child serves the searcher:
+
+- ``suggest(trial_id)`` is asynchronous: the first call sends the request and returns
+  ``None`` (the run loop's "nothing yet"); the child computes the suggestion while the
+  driver handles results, writes files and commits state, and wakes the run loop
+  (``executor.wakeup()``, whose pipe the child inherited) when the answer is there.
+  The next call for the same trial id returns it. Requests and notifications reach
+  the child in the order the driver made them, so the searcher sees exactly the
+  sequence of calls it would see in-process.
+- ``on_trial_result`` / ``on_trial_complete`` are one-way messages.
+- Any other method is a synchronous call, answered after everything sent before it.
+
+Experiment state stays exact without asking the child at every commit: the driver
+keeps the searcher's last saved state (taken in the child) and a replay log of what
+the searcher has done since, in the order the child did it: the suggestions the run
+loop took (with their configs) and the notifications. A commit stores both; a resume
+restores the state and replays the log (:func:`replay`), asking the searcher for the
+same suggestions again, which gives what the searcher held at that commit. This needs
+``suggest`` to be deterministic given the saved state (Optuna's and Hyperopt's
+samplers keep their random state in it); a replayed suggestion that differs is
+reported. When the log grows, the child is asked for a fresh state at a moment no
+suggestion is open, and the final save waits for one.
+
+When the run ends, the child's searcher state is copied back into the driver's
+searcher object, so the object the user passed (``searcher.study`` and so on)
+reflects the whole run. Used for searchers whose class sets
+``run_in_own_process = True`` (tunekit-optuna's and tunekit-hyperopt's do), with the
+local executor on Linux; ``TUNEKIT_SEARCHER_PROCESS=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+logger = logging.getLogger("tunekit")
+
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+# Ask the child for a fresh state once this many notifications wait in the replay log.
+_LOG_COMPACT_AT = 64
+# After a "nothing now" answer, ask again this soon at the latest without news.
+_REASK_S = 0.05
+
+
+def _dumps(obj: Any) -> bytes:
+    try:
+        return pickle.dumps(obj, protocol=_PROTOCOL)
+    except Exception:  # noqa: BLE001 - lambdas, closures
+        import cloudpickle
+
+        return cloudpickle.dumps(obj, protocol=_PROTOCOL)
+
+
+def wants_own_process(searcher: Any) -> bool:
+    """Whether ``searcher`` (or a searcher it wraps as ``.searcher``) asks for its own process."""
+    seen = 0
+    while searcher is not None and seen < 8:
+        if getattr(type(searcher), "run_in_own_process", False):
+            return True
+        searcher = getattr(searcher, "searcher", None)
+        seen += 1
+    return False
+
+
+class SearcherError(RuntimeError):
+    """A searcher method raised in the searcher's process (the traceback is in the message)."""
+
+
+class SearcherProcess:
+    """Driver-side proxy of a searcher served by a forked child process."""
+
+    def __init__(
+        self,
+        searcher: Any,
+        wakeup: Callable[[], None],
+        saved_state: Callable[[Any], bytes | None],
+    ) -> None:
+        self._local = searcher
+        self._saved_state = saved_state
+        self._seq = 0
+        self._pending: dict[str, int] = {}  # trial id -> seq of its suggest request
+        self._answers: dict[str, Any] = {}  # trial id -> the suggested config
+        self._state = saved_state(searcher)  # state after self._state_seq
+        self._state_seq = 0
+        self._log: list[tuple[int, str, tuple, dict]] = []  # notifications after the state
+        self._state_requested = False
+        self._idle_since: float | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        parent_sock, child_sock = socket.socketpair()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+            pid = os.fork()
+        if pid == 0:  # the child
+            code = 0
+            try:
+                parent_sock.close()
+                _serve(searcher, Connection(child_sock.detach()), wakeup, saved_state)
+            except BaseException:  # noqa: BLE001
+                code = 1
+            finally:
+                os._exit(code)
+        child_sock.close()
+        self.pid = pid
+        self._conn = Connection(parent_sock.detach())
+
+    # -- wire ---------------------------------------------------------------------------
+    def _send(self, msg: tuple) -> int:
+        if self._closed:
+            raise RuntimeError("The searcher's process has been closed.")
+        self._seq += 1
+        try:
+            self._conn.send_bytes(_dumps((msg[0], self._seq, *msg[1:])))
+        except OSError as exc:
+            raise SearcherError(self._gone_message()) from exc
+        return self._seq
+
+    def _gone_message(self) -> str:
+        return (
+            f"The searcher's process (pid {self.pid}) is gone; it may have been killed or run "
+            "out of memory. Set TUNEKIT_SEARCHER_PROCESS=0 to run the searcher in the driver."
+        )
+
+    def _receive(self, block: bool) -> tuple | None:
+        if not block and not self._conn.poll():
+            return None
+        try:
+            return pickle.loads(self._conn.recv_bytes())
+        except (EOFError, OSError) as exc:
+            raise SearcherError(self._gone_message()) from exc
+
+    def _dispatch(self, msg: tuple) -> None:
+        kind, seq = msg[0], msg[1]
+        if kind == "s":
+            trial_id, config = msg[2], msg[3]
+            self._pending.pop(trial_id, None)
+            self._answers[trial_id] = (seq, config)
+        elif kind == "state":
+            self._state_requested = False
+            self._set_state(seq, msg[2])
+        elif kind == "e":
+            self._error = _error_from(msg[2], msg[3])
+
+    def _set_state(self, seq: int, state: bytes) -> None:
+        if seq > self._state_seq:
+            self._state, self._state_seq = state, seq
+            self._log = [entry for entry in self._log if entry[0] > seq]
+
+    def _drain(self) -> None:
+        while True:
+            msg = self._receive(block=False)
+            if msg is None:
+                break
+            self._dispatch(msg)
+        self._raise_pending_error()
+
+    def _raise_pending_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _call(self, name: str, args: tuple, kwargs: dict, depth: int = 0) -> Any:
+        seq = self._send(("c", name, args, kwargs, depth))
+        while True:
+            msg = self._receive(block=True)
+            if msg[0] == "c" and msg[1] == seq:
+                self._raise_pending_error()
+                return msg[2]
+            if msg[0] == "e" and msg[1] == seq:
+                raise _error_from(msg[2], msg[3])
+            self._dispatch(msg)
+
+    # -- the Searcher API the run loop uses ---------------------------------------------
+    def suggest(self, trial_id: str) -> Any:
+        self._drain()
+        if trial_id in self._answers:
+            seq, config = self._answers.pop(trial_id)
+            if isinstance(config, dict):
+                # Taken: a resume replays it (the searcher's suggest is deterministic given
+                # its saved state, which is what run_in_own_process promises).
+                self._log.append((seq, "suggest", (trial_id,), {"_expect": config}))
+                self._maybe_compact()
+            elif config is None:
+                # "Nothing now" (e.g. a ConcurrencyLimiter at its limit): ask again once the
+                # searcher has heard something new, or after a pause, not in a busy loop.
+                self._idle_since = time.monotonic()
+            return config
+        if trial_id not in self._pending:
+            if self._idle_since is not None and time.monotonic() - self._idle_since < _REASK_S:
+                return None
+            self._idle_since = None
+            self._pending[trial_id] = self._send(("s", trial_id))
+        return None
+
+    def ask_early(self, trial_id: str) -> None:
+        """Send the request for ``trial_id`` now; :meth:`suggest` collects the answer."""
+        if self._pending or self._answers or self._closed:
+            return
+        if self._idle_since is not None:
+            return  # it said "nothing now" and has heard nothing new since
+        self._pending[trial_id] = self._send(("s", trial_id))
+
+    def pending_trial_id(self) -> str | None:
+        """The trial id of a suggestion asked for and not yet taken (the run loop keeps it)."""
+        for trial_id in self._pending:
+            return trial_id
+        for trial_id, (_, config) in self._answers.items():
+            if config is not None:
+                return trial_id
+        return None
+
+    def is_waiting(self) -> bool:
+        """A suggestion has been asked for and not answered yet (the child will wake the loop)."""
+        return bool(self._pending)
+
+    def notify(self, name: str, *args: Any, **kwargs: Any) -> None:
+        self._idle_since = None
+        seq = self._send(("n", name, args, kwargs))
+        self._log.append((seq, name, args, kwargs))
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        """Ask for a fresh state once the log is long, at a moment no suggestion is open."""
+        if (
+            len(self._log) >= _LOG_COMPACT_AT
+            and not self._state_requested
+            and not self._pending
+            and not self._answers
+        ):
+            self._state_requested = True
+            self._send(("state",))
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.notify("on_trial_result", trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.notify("on_trial_complete", trial_id, result=result, error=error)
+
+    def snapshot(self, fresh: bool = False) -> tuple[bytes | None, list]:
+        """(saved state, notifications to replay after it) for a commit.
+
+        ``fresh`` waits for the child's current state (the final save): the log is then empty.
+        """
+        self._drain()
+        if fresh:
+            state = self._call("__tunekit_saved_state__", (), {})
+            self._set_state(self._seq, state)
+            self._log = []
+        # in the order the child ran them; what the state already holds is not replayed
+        self._log = sorted((e for e in self._log if e[0] > self._state_seq), key=lambda e: e[0])
+        return self._state, [(name, args, kwargs) for _, name, args, kwargs in self._log]
+
+    def __getattr__(self, name: str) -> Any:
+        """Methods of the searcher (or of a searcher it wraps) run in the child.
+
+        Other attributes are read from the driver's copy as it was at the fork (settings
+        such as ``metric`` and ``mode``); a wrapped searcher object is not handed out, as
+        calls on it would not reach the child.
+        """
+        if name.startswith("__") or name == "searcher":
+            raise AttributeError(name)
+        obj, depth = self._local, 0
+        while obj is not None and depth < 8:
+            if hasattr(obj, name):
+                value = getattr(obj, name)
+                if callable(value):
+                    return lambda *args, **kwargs: self._call(name, args, kwargs, depth)
+                return value
+            obj, depth = getattr(obj, "searcher", None), depth + 1
+        raise AttributeError(name)
+
+    # -- the end ------------------------------------------------------------------------
+    def close(self, sync_back: bool = True) -> None:
+        """End the child; with ``sync_back`` its searcher's state replaces the local object's."""
+        if self._closed:
+            return
+        try:
+            if sync_back:
+                try:
+                    blob = self._call("__tunekit_final__", (), {})
+                    if blob is not None:
+                        _merge_into(self._local, pickle.loads(blob))
+                except Exception as exc:  # noqa: BLE001 - the run's results are unaffected
+                    logger.warning(
+                        "Could not copy the searcher's final state back from its process: %s", exc
+                    )
+        finally:
+            self._closed = True
+            try:
+                self._conn.close()
+            except OSError:
+                pass
+            _reap(self.pid)
+
+
+def _merge_into(local: Any, state: dict) -> None:
+    """Give ``local`` the attributes of its copy in the child, keeping object identities
+    along the ``.searcher`` chain (the user holds the wrapped searcher, e.g. under a
+    ConcurrencyLimiter)."""
+    for _ in range(8):
+        inner_state = None
+        inner = local.__dict__.get("searcher")
+        if inner is not None and isinstance(state.get("searcher"), type(inner)):
+            inner_state = state.pop("searcher").__dict__
+        local.__dict__.update(state)
+        if inner_state is None:
+            return
+        local, state = inner, dict(inner_state)
+
+
+def _reap(pid: int) -> None:
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done:
+            return
+        if time.monotonic() > deadline:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            return
+        time.sleep(0.005)
+
+
+def _error_from(text: str, blob: bytes | None) -> BaseException:
+    if blob is not None:
+        try:
+            exc = pickle.loads(blob)
+            if isinstance(exc, BaseException):
+                return exc
+        except Exception:  # noqa: BLE001
+            pass
+    return SearcherError(f"The searcher raised in its process:\n{text}")
+
+
+def _serve(
+    searcher: Any,
+    conn: Connection,
+    wakeup: Callable[[], None],
+    saved_state: Callable[[Any], bytes | None],
+) -> None:
+    """The child: run the searcher's methods in the order the driver sent them."""
+    # Ctrl+C reaches the whole process group: the driver handles it, not this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What the driver had before the fork is never collected here: keep the collector off
+    # those objects (faster collections, and their pages stay shared with the driver).
+    import gc
+
+    gc.freeze()
+    try:
+        sys.stdin.close()
+    except Exception:  # noqa: BLE001
+        pass
+    loads = pickle.loads
+
+    def reply(msg: tuple) -> None:
+        conn.send_bytes(_dumps(msg))
+        wakeup()
+
+    while True:
+        try:
+            msg = loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return  # the driver is gone
+        kind, seq = msg[0], msg[1]
+        try:
+            if kind == "n":
+                getattr(searcher, msg[2])(*msg[3], **msg[4])
+            elif kind == "s":
+                reply(("s", seq, msg[2], searcher.suggest(msg[2])))
+            elif kind == "state":
+                reply(("state", seq, saved_state(searcher)))
+            elif kind == "c":
+                name = msg[2]
+                if name == "__tunekit_saved_state__":
+                    value = saved_state(searcher)
+                elif name == "__tunekit_final__":
+                    value = _dumps(searcher.__dict__)
+                    reply(("c", seq, value))
+                    return
+                else:
+                    target = searcher
+                    for _ in range(msg[5]):
+                        target = target.searcher
+                    value = getattr(target, name)(*msg[3], **msg[4])
+                reply(("c", seq, value))
+        except BaseException as exc:  # noqa: BLE001 - sent to the driver, which raises it
+            try:
+                blob = pickle.dumps(exc, protocol=_PROTOCOL)
+                pickle.loads(blob)
+            except Exception:  # noqa: BLE001
+                blob = None
+            reply(("e", seq, traceback.format_exc(), blob))
+
+
+def replay(searcher: Any, log: list) -> None:
+    """Apply the calls saved by :meth:`SearcherProcess.snapshot` to a restored searcher.
+
+    Suggestions are asked again (a searcher run in its own process is deterministic given
+    its saved state); one that comes out different is reported, as the study then holds
+    a config that differs from the trial's.
+    """
+    for name, args, kwargs in log:
+        if name == "suggest":
+            expected = kwargs.get("_expect")
+            config = searcher.suggest(*args)
+            if config != expected:
+                logger.warning(
+                    "Resume: the searcher suggested a different config for trial %s than "
+                    "before the crash (%r instead of %r); its model of that trial may be off.",
+                    args[0], config, expected,
+                )
+            continue
+        getattr(searcher, name)(*args, **kwargs)
