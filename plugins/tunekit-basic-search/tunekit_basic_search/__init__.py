@@ -263,21 +263,33 @@ class BasicVariantGenerator(Searcher):
         The search space is included when it can be pickled; a restored
         generator that then gets ``set_search_properties`` keeps its position.
         """
-        state = {
+        state = copy.deepcopy({
             key: value
             for key, value in self.__dict__.items()
-            if key not in ("_compiled", "_compiled_points", "_rng", "_space")
-        }
+            if key not in ("_compiled", "_compiled_points", "_rng", "_space", "_space_blob_cache")
+        })
+        # Saved at every commit: the RNG state is an immutable tuple (no copy needed) and
+        # the space is pickled once per space object.
         state["_rng_state"] = self._rng.getstate()
-        state["_space_blob"] = None
-        if self._space is not None:
-            try:
-                import cloudpickle  # noqa: PLC0415
+        state["_space_blob"] = self._pickled_space()
+        return state
 
-                state["_space_blob"] = cloudpickle.dumps(self._space)
-            except Exception:  # the space is supplied again by set_search_properties
-                logger.debug("search space not picklable; it is not saved", exc_info=True)
-        return copy.deepcopy(state)
+    def _pickled_space(self) -> bytes | None:
+        space = self._space
+        if space is None:
+            return None
+        cached = self.__dict__.get("_space_blob_cache")
+        if cached is not None and cached[0] is space:
+            return cached[1]
+        blob = None
+        try:
+            import cloudpickle  # noqa: PLC0415
+
+            blob = cloudpickle.dumps(space)
+        except Exception:  # the space is supplied again by set_search_properties
+            logger.debug("search space not picklable; it is not saved", exc_info=True)
+        self._space_blob_cache = (space, blob)
+        return blob
 
     def set_state(self, state: dict) -> None:
         state = dict(state)
