@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import time
 
 import pytest
 
@@ -19,8 +20,9 @@ class Recording(Searcher):
 
     run_in_own_process = True
 
-    def __init__(self, fail_at: int | None = None) -> None:
+    def __init__(self, fail_at: int | None = None, delay: float = 0.0) -> None:
         super().__init__(metric="loss", mode="min")
+        self.delay = delay
         self.rng = random.Random(0)
         self.suggested: list[str] = []
         self.completed: list[tuple[str, float | None]] = []
@@ -30,6 +32,8 @@ class Recording(Searcher):
     def suggest(self, trial_id):
         if self.fail_at is not None and len(self.suggested) == self.fail_at:
             raise ValueError(f"planned failure at suggestion {self.fail_at}")
+        if self.delay:
+            time.sleep(self.delay)  # a model that takes a while
         self.suggested.append(trial_id)
         self.pids.add(os.getpid())
         return {"x": self.rng.random(), "pid": os.getpid()}
@@ -150,3 +154,44 @@ def test_methods_of_a_wrapped_searcher_run_in_the_child(tmp_path):
         assert inner.suggested == ["a"]
     finally:
         proxy.close(sync_back=False)
+
+
+def uneven(config):
+    time.sleep(0.004 * (int(config["x"] * 1000) % 3))  # 0, 4 or 8 ms: finish out of order
+    tune.report({"loss": config["x"] ** 2})
+
+
+def test_trial_ids_have_no_gaps_when_suggestions_are_asked_ahead(tmp_path):
+    """Requests asked ahead that get "nothing now" leave no holes in the trial numbers."""
+    searcher = Recording(delay=0.004)
+    analysis = tune.run(uneven, search_alg=searcher, metric="loss", mode="min", num_samples=40,
+                        max_concurrent_trials=2, verbose=0, local_dir=str(tmp_path))
+    numbers = sorted(int(t.trial_id.rsplit("_", 1)[1]) for t in analysis.trials)
+    assert numbers == list(range(40))
+    assert sorted(searcher.suggested) == sorted(t.trial_id for t in analysis.trials)
+    assert len(searcher.completed) == 40
+
+
+def test_trial_numbers_fill_the_holes_left_by_requests_asked_ahead():
+    """A request answered "nothing now" while a later one got a config leaves its number
+    free: the next trial takes it (no gaps), and open requests keep theirs."""
+    from tunekit_core.runner import RunLoop, TrialSource
+
+    proxy = SearcherProcess.__new__(SearcherProcess)
+    proxy._pending, proxy._answers = {}, {}
+    loop = RunLoop.__new__(RunLoop)
+    loop._id_prefix, loop._counter, loop._id_holes = "p_", 5, set()
+    loop._sources = [TrialSource(experiment=None, searcher=proxy, trainable=None, max_trials=None)]
+    assert loop._free_trial_number() == 5
+    proxy._pending = {"p_00005": 1}  # asked for 5; a trial finishes; 6 is asked too
+    assert loop._free_trial_number() == 6
+    proxy._pending = {}
+    proxy._answers = {"p_00005": (1, None), "p_00006": (2, {"x": 1})}  # 5: nothing now
+    loop._use_trial_number(6)  # the run loop takes 6
+    assert (loop._counter, loop._id_holes) == (7, {5})
+    proxy._answers = {}
+    assert loop._free_trial_number() == 5  # the hole goes first
+    proxy._pending = {"p_00005": 3}
+    assert loop._free_trial_number() == 7  # ... unless a request holds it
+    loop._use_trial_number(5)
+    assert (loop._counter, loop._id_holes) == (7, set())

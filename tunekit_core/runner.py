@@ -117,6 +117,7 @@ class RunLoop:
         self._iteration = 0
         self._id_prefix = uuid.uuid4().hex[:5] + "_"
         self._counter = 0
+        self._id_holes: set[int] = set()
         self._window = 10_000 if getattr(scheduler, "supports_buffered_results", True) else 1
         env_window = os.environ.get("TUNEKIT_RESULT_BUFFER_LENGTH")
         if env_window and self._window != 1:
@@ -211,18 +212,10 @@ class RunLoop:
                     )
         source = self._added_source_for(index)
         trials = []
-        reserved = {
-            source.searcher.pending_trial_id()
-            for source in self._sources
-            if isinstance(source.searcher, SearcherProcess)
-        }
         for resolved, variant in variants:
-            trial_id = f"{self._id_prefix}{self._counter:05d}"
-            while trial_id in reserved:
-                self._counter += 1
-                trial_id = f"{self._id_prefix}{self._counter:05d}"
-            self._counter += 1
-            trials.append(self._add_trial(source, trial_id, variant, resolved))
+            number = self._free_trial_number()
+            self._use_trial_number(number)
+            trials.append(self._add_trial(source, self._trial_id(number), variant, resolved))
         return trials
 
     def _added_source_for(self, index: int) -> TrialSource:
@@ -283,11 +276,12 @@ class RunLoop:
             if source.max_trials is not None and source.created >= source.max_trials:
                 self._source_index += 1
                 continue
-            trial_id = f"{self._id_prefix}{self._counter:05d}"
-            proxy = source.searcher if isinstance(source.searcher, SearcherProcess) else None
-            if proxy is not None:
+            trial_id = None
+            if isinstance(source.searcher, SearcherProcess):
                 # A suggestion asked of the searcher's process keeps the id it was asked for.
-                trial_id = proxy.pending_trial_id() or trial_id
+                trial_id = source.searcher.pending_trial_id()
+            if trial_id is None:
+                trial_id = self._trial_id(self._free_trial_number())
             config = source.searcher.suggest(trial_id)
             if config is None:
                 self._search_waiting = True
@@ -295,7 +289,7 @@ class RunLoop:
             if isinstance(config, str):  # Searcher.FINISHED
                 self._source_index += 1
                 continue
-            self._counter = max(self._counter, int(trial_id[len(self._id_prefix):]) + 1)
+            self._use_trial_number(int(trial_id[len(self._id_prefix):]))
             if source.base_config:
                 # A searcher with its own space: the constants of `config` still apply.
                 config = space.deep_merge(copy.deepcopy(source.base_config), config)
@@ -403,6 +397,8 @@ class RunLoop:
     def _start(self, trial: Trial) -> None:
         self._pending.pop(trial, None)
         self._paused.pop(trial, None)
+        if self._searcher_processes:
+            self._ask_early()  # the queue is empty again: the next suggestion is asked now
         if trial.local_path is None:
             trial.local_path = self._trial_dir(trial)
         restore = self._restore_point(trial)
@@ -586,7 +582,7 @@ class RunLoop:
         self._searchers_dirty = True
         trial._source.searcher.on_trial_complete(trial.trial_id, result=result, error=False)
         if self._searcher_processes:
-            self._ask_early()
+            self._ask_early(after_news=True)
         self._scheduler.on_trial_complete(self, trial, result)
         self._hook.tunekit_on_trial_complete(trial=trial, iteration=self._iteration, trials=self._trials)
         if self._verbose >= 2:
@@ -791,6 +787,7 @@ class RunLoop:
             "iteration": self._iteration,
             "id_prefix": self._id_prefix,
             "trial_counter": self._counter,
+            "trial_id_holes": sorted(self._id_holes),
             "source_index": self._source_index,
             "created": [source.created for source in self._sources],
             "search_finished": self._search_finished,
@@ -881,7 +878,7 @@ class RunLoop:
                 source.searcher_on_result = proxy.on_trial_result
             self._searcher_processes.append(proxy)
 
-    def _ask_early(self) -> None:
+    def _ask_early(self, after_news: bool = False) -> None:
         """A slot is about to free: let a searcher process start on the next suggestion.
 
         The run loop asks for it at its next step anyway (it keeps one trial queued);
@@ -894,9 +891,39 @@ class RunLoop:
         source = self._sources[self._source_index]
         if not isinstance(source.searcher, SearcherProcess):
             return
-        if source.max_trials is not None and source.created >= source.max_trials:
+        proxy = source.searcher
+        if source.max_trials is not None and source.created + proxy.outstanding() >= source.max_trials:
             return
-        source.searcher.ask_early(f"{self._id_prefix}{self._counter:05d}")
+        proxy.ask_early(self._trial_id(self._free_trial_number()), after_news)
+
+    # -- trial ids ------------------------------------------------------------------------
+    # Ids are <prefix><number>, numbered in creation order. A searcher process may hold a
+    # request for a later number while an earlier one got "nothing now": that earlier
+    # number becomes a hole, given to the next trial, so the numbers have no gaps.
+    def _trial_id(self, number: int) -> str:
+        return f"{self._id_prefix}{number:05d}"
+
+    def _free_trial_number(self) -> int:
+        """The lowest number no trial and no open suggestion request holds."""
+        reserved = set()
+        for source in self._sources:
+            if isinstance(source.searcher, SearcherProcess):
+                for trial_id in source.searcher.outstanding_ids():
+                    reserved.add(int(trial_id[len(self._id_prefix):]))
+        for number in sorted(self._id_holes):
+            if number not in reserved:
+                return number
+        number = self._counter
+        while number in reserved:
+            number += 1
+        return number
+
+    def _use_trial_number(self, number: int) -> None:
+        if number in self._id_holes:
+            self._id_holes.discard(number)
+        elif number >= self._counter:
+            self._id_holes.update(range(self._counter, number))
+            self._counter = number + 1
 
     def close_searcher_processes(self, sync_back: bool = True) -> None:
         """End the searchers' processes; their final state goes back into the user's objects."""
@@ -919,6 +946,7 @@ class RunLoop:
         runner = json.loads(kv.get("runner_data") or "{}")
         self._id_prefix = runner.get("id_prefix", self._id_prefix)
         self._counter = runner.get("trial_counter", 0)
+        self._id_holes = set(runner.get("trial_id_holes", ()))
         self._source_index = runner.get("source_index", 0)
         for source, created in zip(self._sources, runner.get("created", [])):
             source.created = created

@@ -100,6 +100,7 @@ class SearcherProcess:
         self._log: list[tuple[int, str, tuple, dict]] = []  # notifications after the state
         self._state_requested = False
         self._idle_since: float | None = None
+        self._news_seq = 0  # seq of the last notification that may change a "nothing now"
         self._error: BaseException | None = None
         self._closed = False
         parent_sock, child_sock = socket.socketpair()
@@ -195,11 +196,15 @@ class SearcherProcess:
                 # its saved state, which is what run_in_own_process promises).
                 self._log.append((seq, "suggest", (trial_id,), {"_expect": config}))
                 self._maybe_compact()
-            elif config is None:
-                # "Nothing now" (e.g. a ConcurrencyLimiter at its limit): ask again once the
-                # searcher has heard something new, or after a pause, not in a busy loop.
-                self._idle_since = time.monotonic()
-            return config
+                return config
+            if config is not None or seq > self._news_seq:
+                if config is None:
+                    # "Nothing now" (e.g. a ConcurrencyLimiter at its limit): ask again once
+                    # the searcher has heard of a finished trial, or after a pause, not in a
+                    # busy loop.
+                    self._idle_since = time.monotonic()
+                return config
+            # "Nothing now", but a trial finished after it was asked: ask again at once.
         if trial_id not in self._pending:
             if self._idle_since is not None and time.monotonic() - self._idle_since < _REASK_S:
                 return None
@@ -207,30 +212,57 @@ class SearcherProcess:
             self._pending[trial_id] = self._send(("s", trial_id))
         return None
 
-    def ask_early(self, trial_id: str) -> None:
-        """Send the request for ``trial_id`` now; :meth:`suggest` collects the answer."""
-        if self._pending or self._answers or self._closed:
+    def ask_early(self, trial_id: str, after_news: bool = False) -> None:
+        """Send the request for ``trial_id`` now; :meth:`suggest` collects the answer.
+
+        The run loop calls this where it is about to ask anyway (a trial left the queue,
+        or finished), so the searcher sees the same sequence of calls as in the driver.
+        ``after_news`` (a trial just finished) allows one more request while another is
+        still open: the run loop would ask for the next trial once the open one is
+        taken, and nothing reaches the searcher in between.
+        """
+        if self._closed:
             return
-        if self._idle_since is not None:
-            return  # it said "nothing now" and has heard nothing new since
+        for answered, (seq, config) in list(self._answers.items()):
+            if config is None and seq < self._news_seq:
+                del self._answers[answered]  # a stale "nothing now"
+        if self._idle_since is not None or any(c is None for _, c in self._answers.values()):
+            return  # it said "nothing now" and has heard of no finished trial since
+        open_requests = self.outstanding()
+        if open_requests >= (2 if after_news else 1) or trial_id in self._pending:
+            return
         self._pending[trial_id] = self._send(("s", trial_id))
 
+    def outstanding(self) -> int:
+        """Suggestions asked for (or answered) and not yet taken."""
+        return len(self._pending) + sum(1 for _, c in self._answers.values() if c is not None)
+
+    def outstanding_ids(self) -> set[str]:
+        return set(self._pending) | {t for t, (_, c) in self._answers.items() if c is not None}
+
     def pending_trial_id(self) -> str | None:
-        """The trial id of a suggestion asked for and not yet taken (the run loop keeps it)."""
-        for trial_id in self._pending:
-            return trial_id
-        for trial_id, (_, config) in self._answers.items():
-            if config is not None:
-                return trial_id
-        return None
+        """The first trial id asked for and not yet taken (the run loop keeps its order)."""
+        first = None
+        for trial_id, seq in self._pending.items():
+            if first is None or seq < first[0]:
+                first = (seq, trial_id)
+        for trial_id, (seq, config) in self._answers.items():
+            if config is not None and (first is None or seq < first[0]):
+                first = (seq, trial_id)
+        return None if first is None else first[1]
 
     def is_waiting(self) -> bool:
         """A suggestion has been asked for and not answered yet (the child will wake the loop)."""
         return bool(self._pending)
 
     def notify(self, name: str, *args: Any, **kwargs: Any) -> None:
-        self._idle_since = None
         seq = self._send(("n", name, args, kwargs))
+        if name != "on_trial_result":
+            # A finished trial may free what the searcher waits for (a ConcurrencyLimiter's
+            # slot); an intermediate result rarely does, and asking again at each one would
+            # keep the searcher's process busy answering "nothing now".
+            self._idle_since = None
+            self._news_seq = seq
         self._log.append((seq, name, args, kwargs))
         self._maybe_compact()
 
