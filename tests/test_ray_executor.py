@@ -119,8 +119,28 @@ def test_no_cluster_gives_a_clear_error(monkeypatch):
 _DRIVER_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
 
 
+@pytest.fixture
+def cluster(_cluster):
+    """The module's cluster, once the actors of earlier tests have released their CPUs.
+
+    Ray frees an actor's resources a moment after it is killed; a test that starts while
+    an earlier test's actor still holds a CPU would see one node only.
+    """
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        total = ray.cluster_resources().get("CPU", 0)
+        if total and ray.available_resources().get("CPU", 0) >= total:
+            break
+        time.sleep(0.1)
+    return _cluster
+
+
 @pytest.fixture(scope="module")
-def cluster():
+def _cluster():
     import ray
     from ray._private import ray_constants
 

@@ -195,3 +195,22 @@ def test_trial_numbers_fill_the_holes_left_by_requests_asked_ahead():
     assert loop._free_trial_number() == 7  # ... unless a request holds it
     loop._use_trial_number(5)
     assert (loop._counter, loop._id_holes) == (7, set())
+
+
+class LogLength(tune.Callback):
+    def __init__(self):
+        self.longest = 0
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        proxy = trial._source.searcher
+        if isinstance(proxy, SearcherProcess):
+            self.longest = max(self.longest, len(proxy._log))
+
+
+def test_the_replay_log_stays_short_while_suggestions_are_always_open(tmp_path):
+    """Compaction does not wait for a moment without open requests (there may be none)."""
+    recorder = LogLength()
+    analysis = _run(tmp_path, Recording(delay=0.005), num_samples=150, max_concurrent_trials=2,
+                    callbacks=[recorder])
+    assert len(analysis.trials) == 150
+    assert 0 < recorder.longest <= 96  # 3 entries per trial would reach 450 uncompacted

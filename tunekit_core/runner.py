@@ -786,8 +786,10 @@ class RunLoop:
             "start_time": self.start_time,
             "iteration": self._iteration,
             "id_prefix": self._id_prefix,
-            "trial_counter": self._counter,
-            "trial_id_holes": sorted(self._id_holes),
+            # Numbers of open suggestion requests are not given out again after a resume:
+            # the saved searcher state may hold their suggestions.
+            "trial_counter": max([self._counter, *(n + 1 for n in self._open_numbers())]),
+            "trial_id_holes": sorted(self._id_holes - self._open_numbers()),
             "source_index": self._source_index,
             "created": [source.created for source in self._sources],
             "search_finished": self._search_finished,
@@ -903,13 +905,18 @@ class RunLoop:
     def _trial_id(self, number: int) -> str:
         return f"{self._id_prefix}{number:05d}"
 
-    def _free_trial_number(self) -> int:
-        """The lowest number no trial and no open suggestion request holds."""
-        reserved = set()
+    def _open_numbers(self) -> set[int]:
+        """The numbers of suggestions asked of searcher processes and not yet taken."""
+        numbers = set()
         for source in self._sources:
             if isinstance(source.searcher, SearcherProcess):
                 for trial_id in source.searcher.outstanding_ids():
-                    reserved.add(int(trial_id[len(self._id_prefix):]))
+                    numbers.add(int(trial_id[len(self._id_prefix):]))
+        return numbers
+
+    def _free_trial_number(self) -> int:
+        """The lowest number no trial and no open suggestion request holds."""
+        reserved = self._open_numbers()
         for number in sorted(self._id_holes):
             if number not in reserved:
                 return number

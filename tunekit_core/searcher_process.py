@@ -23,8 +23,14 @@ restores the state and replays the log (:func:`replay`), asking the searcher for
 same suggestions again, which gives what the searcher held at that commit. This needs
 ``suggest`` to be deterministic given the saved state (Optuna's and Hyperopt's
 samplers keep their random state in it); a replayed suggestion that differs is
-reported. When the log grows, the child is asked for a fresh state at a moment no
-suggestion is open, and the final save waits for one.
+reported. When the log grows, the child is asked for a fresh state, and the final
+save waits for one. A suggestion still open when such a state is taken is part of it;
+the run loop takes it later, or, if the run ends first, it stays in the searcher's
+state unused (its trial number is not given out again after a resume).
+
+The run loop asks early: as soon as a trial leaves the queue or finishes (the points
+where it would call ``suggest`` next), so the child computes suggestions back to back;
+after a finished trial one more request may be open, which the run loop takes in order.
 
 When the run ends, the child's searcher state is copied back into the driver's
 searcher object, so the object the user passed (``searcher.study`` and so on)
@@ -267,13 +273,13 @@ class SearcherProcess:
         self._maybe_compact()
 
     def _maybe_compact(self) -> None:
-        """Ask for a fresh state once the log is long, at a moment no suggestion is open."""
-        if (
-            len(self._log) >= _LOG_COMPACT_AT
-            and not self._state_requested
-            and not self._pending
-            and not self._answers
-        ):
+        """Ask for a fresh state once the log is long.
+
+        A suggestion open at that moment is part of that state; the run loop takes it
+        (its log entry is then older than the state and not replayed), unless the run
+        ends first, and the ids of open requests are never given to other trials.
+        """
+        if len(self._log) >= _LOG_COMPACT_AT and not self._state_requested:
             self._state_requested = True
             self._send(("state",))
 
