@@ -533,7 +533,10 @@ def test_pbt_replay_by_object_and_by_name(tmp_path):
                                   log_config=True)
     grid = tune.Tuner(
         objective,
-        param_space={"x": tune.grid_search([0.6, 0.5, 0.1, 0.2]), "lr": 0.5, "steps": 8},
+        # 9 steps: the last perturbation point (8) is not the last iteration, so every
+        # exploit the policy files record also shows in the trial's rows and final config
+        # (an exploit at a trial's very last result changes nothing that is reported)
+        param_space={"x": tune.grid_search([0.6, 0.5, 0.1, 0.2]), "lr": 0.5, "steps": 9},
         tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=pbt),
         run_config=_run_config(tmp_path, "pbt"),
     ).fit()
@@ -555,7 +558,7 @@ def test_pbt_replay_by_object_and_by_name(tmp_path):
         replay = tune.Tuner(
             objective,
             tune_config=tune.TuneConfig(scheduler=scheduler),
-            run_config=_run_config(tmp_path, label, stop={"training_iteration": 8}),
+            run_config=_run_config(tmp_path, label, stop={"training_iteration": 9}),
         ).fit()
         (result,) = replay
         # one trial, starting with the schedule's first config and switching at its
@@ -569,7 +572,7 @@ def test_pbt_replay_by_object_and_by_name(tmp_path):
             assert row["config"] == config
             assert row["score"] == pytest.approx(config["x"] * row["training_iteration"] + config["lr"])
             config = changes.get(row["training_iteration"], config)
-        assert [row["training_iteration"] for row in _rows(result)] == list(range(1, 9))
+        assert [row["training_iteration"] for row in _rows(result)] == list(range(1, 10))
 
     # by bare name it needs its policy file
     with pytest.raises(TypeError, match="policy_file"):
