@@ -289,7 +289,7 @@ class RunLoop:
             if isinstance(config, str):  # Searcher.FINISHED
                 self._source_index += 1
                 continue
-            self._use_trial_number(int(trial_id[len(self._id_prefix):]))
+            self._use_trial_number(self._trial_number(trial_id))
             if source.base_config:
                 # A searcher with its own space: the constants of `config` still apply.
                 config = space.deep_merge(copy.deepcopy(source.base_config), config)
@@ -782,14 +782,15 @@ class RunLoop:
         sys.stdout.write(format_trial_result_brief(trial, trial.last_result, metric=self._metric) + "\n")
 
     def runner_data(self) -> dict:
+        open_numbers = self._open_numbers()
         return {
             "start_time": self.start_time,
             "iteration": self._iteration,
             "id_prefix": self._id_prefix,
             # Numbers of open suggestion requests are not given out again after a resume:
             # the saved searcher state may hold their suggestions.
-            "trial_counter": max([self._counter, *(n + 1 for n in self._open_numbers())]),
-            "trial_id_holes": sorted(self._id_holes - self._open_numbers()),
+            "trial_counter": max([self._counter, *(n + 1 for n in open_numbers)]),
+            "trial_id_holes": sorted(self._id_holes - open_numbers),
             "source_index": self._source_index,
             "created": [source.created for source in self._sources],
             "search_finished": self._search_finished,
@@ -863,7 +864,7 @@ class RunLoop:
         """
         from .local_executor import LocalExecutor
 
-        if os.environ.get("TUNEKIT_SEARCHER_PROCESS", "1").strip().lower() in ("0", "false", "no"):
+        if not env_flag("TUNEKIT_SEARCHER_PROCESS", default=True):
             return
         if not sys.platform.startswith("linux") or not isinstance(self.trial_executor, LocalExecutor):
             return
@@ -905,14 +906,17 @@ class RunLoop:
     def _trial_id(self, number: int) -> str:
         return f"{self._id_prefix}{number:05d}"
 
+    def _trial_number(self, trial_id: str) -> int:
+        return int(trial_id[len(self._id_prefix):])
+
     def _open_numbers(self) -> set[int]:
         """The numbers of suggestions asked of searcher processes and not yet taken."""
-        numbers = set()
-        for source in self._sources:
-            if isinstance(source.searcher, SearcherProcess):
-                for trial_id in source.searcher.outstanding_ids():
-                    numbers.add(int(trial_id[len(self._id_prefix):]))
-        return numbers
+        return {
+            self._trial_number(trial_id)
+            for source in self._sources
+            if isinstance(source.searcher, SearcherProcess)
+            for trial_id in source.searcher.outstanding_ids()
+        }
 
     def _free_trial_number(self) -> int:
         """The lowest number no trial and no open suggestion request holds."""
@@ -937,7 +941,7 @@ class RunLoop:
         for source in self._sources:
             if isinstance(source.searcher, SearcherProcess):
                 proxy = source.searcher
-                source.searcher = proxy._local
+                source.searcher = proxy.local
                 proxy.close(sync_back=sync_back)
         self._searcher_processes = []
 

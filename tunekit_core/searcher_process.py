@@ -72,15 +72,19 @@ def _dumps(obj: Any) -> bytes:
         return cloudpickle.dumps(obj, protocol=_PROTOCOL)
 
 
+def _wrapped(searcher: Any):
+    """``(depth, searcher)`` for ``searcher`` and the searchers it wraps as ``.searcher``
+    (ConcurrencyLimiter, Repeater, ...), outermost first."""
+    for depth in range(8):
+        if searcher is None:
+            return
+        yield depth, searcher
+        searcher = getattr(searcher, "searcher", None)
+
+
 def wants_own_process(searcher: Any) -> bool:
     """Whether ``searcher`` (or a searcher it wraps as ``.searcher``) asks for its own process."""
-    seen = 0
-    while searcher is not None and seen < 8:
-        if getattr(type(searcher), "run_in_own_process", False):
-            return True
-        searcher = getattr(searcher, "searcher", None)
-        seen += 1
-    return False
+    return any(getattr(type(s), "run_in_own_process", False) for _, s in _wrapped(searcher))
 
 
 class SearcherError(RuntimeError):
@@ -96,8 +100,7 @@ class SearcherProcess:
         wakeup: Callable[[], None],
         saved_state: Callable[[Any], bytes | None],
     ) -> None:
-        self._local = searcher
-        self._saved_state = saved_state
+        self.local = searcher  # the driver's object, updated from the child's at close()
         self._seq = 0
         self._pending: dict[str, int] = {}  # trial id -> seq of its suggest request
         self._answers: dict[str, Any] = {}  # trial id -> the suggested config
@@ -240,10 +243,11 @@ class SearcherProcess:
         self._pending[trial_id] = self._send(("s", trial_id))
 
     def outstanding(self) -> int:
-        """Suggestions asked for (or answered) and not yet taken."""
-        return len(self._pending) + sum(1 for _, c in self._answers.values() if c is not None)
+        """How many suggestions are asked for (or answered) and not yet taken."""
+        return len(self.outstanding_ids())
 
     def outstanding_ids(self) -> set[str]:
+        """The trial ids of suggestions asked for (or answered) and not yet taken."""
         return set(self._pending) | {t for t, (_, c) in self._answers.items() if c is not None}
 
     def pending_trial_id(self) -> str | None:
@@ -256,10 +260,6 @@ class SearcherProcess:
             if config is not None and (first is None or seq < first[0]):
                 first = (seq, trial_id)
         return None if first is None else first[1]
-
-    def is_waiting(self) -> bool:
-        """A suggestion has been asked for and not answered yet (the child will wake the loop)."""
-        return bool(self._pending)
 
     def notify(self, name: str, *args: Any, **kwargs: Any) -> None:
         seq = self._send(("n", name, args, kwargs))
@@ -295,10 +295,8 @@ class SearcherProcess:
         ``fresh`` waits for the child's current state (the final save): the log is then empty.
         """
         self._drain()
-        if fresh:
-            state = self._call("__tunekit_saved_state__", (), {})
-            self._set_state(self._seq, state)
-            self._log = []
+        if fresh:  # the state after everything sent so far: the log empties
+            self._set_state(self._seq, self._call("__tunekit_saved_state__", (), {}))
         # in the order the child ran them; what the state already holds is not replayed
         self._log = sorted((e for e in self._log if e[0] > self._state_seq), key=lambda e: e[0])
         return self._state, [(name, args, kwargs) for _, name, args, kwargs in self._log]
@@ -310,16 +308,14 @@ class SearcherProcess:
         such as ``metric`` and ``mode``); a wrapped searcher object is not handed out, as
         calls on it would not reach the child.
         """
-        if name.startswith("__") or name == "searcher":
+        if name.startswith("__") or name in ("searcher", "local"):
             raise AttributeError(name)
-        obj, depth = self._local, 0
-        while obj is not None and depth < 8:
+        for depth, obj in _wrapped(self.local):
             if hasattr(obj, name):
                 value = getattr(obj, name)
                 if callable(value):
                     return lambda *args, **kwargs: self._call(name, args, kwargs, depth)
                 return value
-            obj, depth = getattr(obj, "searcher", None), depth + 1
         raise AttributeError(name)
 
     # -- the end ------------------------------------------------------------------------
@@ -332,7 +328,7 @@ class SearcherProcess:
                 try:
                     blob = self._call("__tunekit_final__", (), {})
                     if blob is not None:
-                        _merge_into(self._local, pickle.loads(blob))
+                        _merge_into(self.local, pickle.loads(blob))
                 except Exception as exc:  # noqa: BLE001 - the run's results are unaffected
                     logger.warning(
                         "Could not copy the searcher's final state back from its process: %s", exc
