@@ -38,6 +38,7 @@ from tunekit_core.experiment_state import (
     EXPERIMENT_STATE_GLOB,
     load_experiment_state,
 )
+from tunekit_core.space import lookup
 
 if TYPE_CHECKING:  # pragma: no cover
     from pandas import DataFrame
@@ -131,19 +132,6 @@ class TrialRecord:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _lookup(result: Mapping[str, Any], key: str) -> Any:
-    """``result[key]``, where ``"a/b"`` also names ``result["a"]["b"]``; else _MISSING."""
-    value = result.get(key, _MISSING)
-    if value is not _MISSING or "/" not in key:
-        return value
-    node: Any = result
-    for part in key.split("/"):
-        if not isinstance(node, Mapping) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
 
 
 def _as_number(value: Any) -> float | None:
@@ -644,7 +632,7 @@ class ExperimentAnalysis:
     def _metric_values(self, trial: Any, metric: str) -> list[float]:
         values = []
         for row in self._history(trial):
-            number = _as_number(_lookup(row, metric))
+            number = _as_number(lookup(row, metric, _MISSING))
             if number is not None:
                 values.append(number)
         return values
@@ -653,7 +641,7 @@ class ExperimentAnalysis:
         """The trial's score for ``metric`` in ``scope``; None if it never reported it."""
         if scope == "last":
             last = getattr(trial, "last_result", None) or {}
-            number = _as_number(_lookup(last, metric))
+            number = _as_number(lookup(last, metric, _MISSING))
             if number is not None:
                 return number
             values = self._metric_values(trial, metric) if last else []
@@ -849,7 +837,7 @@ class ExperimentAnalysis:
         pairs = []
         for entry in entries:
             row = rows.get(entry["iteration"])
-            value = _lookup(row, metric) if row is not None else _MISSING
+            value = lookup(row, metric, _MISSING) if row is not None else _MISSING
             pairs.append((entry["path"], None if value is _MISSING else value))
         return pairs
 
@@ -885,7 +873,7 @@ class ExperimentAnalysis:
             at_checkpoints = [
                 rows[e["iteration"]] for e in _checkpoint_entries(trial) if e["iteration"] in rows
             ]
-            if at_checkpoints and all(_lookup(r, metric) is _MISSING for r in at_checkpoints):
+            if at_checkpoints and all(lookup(r, metric, _MISSING) is _MISSING for r in at_checkpoints):
                 raise ValueError(
                     f"Trial {trial} did not report the metric {metric!r} at any of its "
                     f"checkpoints' iterations. Reported keys: {_reported_keys([trial])}. Pass one "
@@ -1003,7 +991,7 @@ class ExperimentAnalysis:
                 chosen = None
                 chosen_value = None
                 for row in self._history(t):
-                    value = _as_number(_lookup(row, metric))
+                    value = _as_number(lookup(row, metric, _MISSING))
                     if value is None or math.isnan(value):
                         continue
                     if (

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .checkpoint import Checkpoint
 from .errors import TuneError
+from .space import lookup
 
 if TYPE_CHECKING:  # pragma: no cover
     from pandas import DataFrame
@@ -37,18 +38,6 @@ ERROR_PICKLE_FILE = "error.pkl"
 _TERMINATED = "TERMINATED"
 _ERROR = "ERROR"
 _UNSET: Any = object()
-
-
-def _lookup(metrics: Mapping[str, Any], key: str) -> Any:
-    """``metrics[key]``, where ``"a/b"`` also names ``metrics["a"]["b"]``; None if absent."""
-    if key in metrics:
-        return metrics[key]
-    node: Any = metrics
-    for part in key.split("/"):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 class Result:
@@ -137,7 +126,7 @@ class Result:
             )
         valid = []
         for checkpoint, metrics in pairs:
-            value = _lookup(metrics or {}, metric)
+            value = lookup(metrics, metric)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
                 valid.append((value, checkpoint))
         if not valid:

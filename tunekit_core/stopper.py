@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .space import lookup
+
 __all__ = [
     "CombinedStopper",
     "CriteriaStopper",
@@ -384,19 +386,6 @@ def _flatten_criteria(criteria: Mapping, prefix: str = "") -> dict[str, Any]:
 _MISSING = object()
 
 
-def _lookup(result: Mapping[str, Any], key: str) -> Any:
-    """Value of ``key`` in ``result``, where ``"a/b"`` may also name ``result["a"]["b"]``."""
-    value = result.get(key, _MISSING)
-    if value is not _MISSING or "/" not in key:
-        return value
-    node: Any = result
-    for part in key.split("/"):
-        if not isinstance(node, Mapping) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
 class CriteriaStopper(Stopper):
     """Stop a trial once ``result[key] >= value`` for any key of ``criteria``.
 
@@ -424,7 +413,7 @@ class CriteriaStopper(Stopper):
             # criteria are not checked, so a bare final result raises no error.
             return True
         for key, threshold in self._items:
-            value = _lookup(result, key)
+            value = lookup(result, key, _MISSING)
             if value is _MISSING:
                 raise StopCriterionError(
                     f"Stopping criterion {key!r} (from the `stop` argument) is not in the "
