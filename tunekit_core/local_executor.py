@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
+import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import warnings
 from multiprocessing.connection import Connection
-from multiprocessing.connection import wait as wait_for_ready
 
 from .errors import TuneError
 from .executor import Executor, TrialLaunch
@@ -45,10 +48,65 @@ def _node_ip(hostname: str) -> str:
         return "127.0.0.1"
 
 
+class _ForkedProcess:
+    """The ``subprocess.Popen`` surface the executor uses, for a worker forked from the driver."""
+
+    __slots__ = ("pid", "returncode")
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere
+                self.returncode = 0
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"tunekit worker {self.pid}", timeout)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _fork_blocker() -> str | None:
+    """Why a worker cannot be forked from this driver now (None: it can)."""
+    if threading.active_count() > 1:
+        return "the driver runs other threads"
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_initialized():
+                return "the driver has initialised CUDA"
+        except Exception:  # noqa: BLE001 - an unusual torch: do not fork
+            return "torch's CUDA state is unknown"
+    for name in ("jax", "tensorflow"):
+        if name in sys.modules:
+            return f"the driver has imported {name}"
+    return None
+
+
 class _Worker:
     __slots__ = ("proc", "conn", "gpu_ids", "trial", "known", "retiring", "kill_at", "location")
 
-    def __init__(self, proc: subprocess.Popen, conn: Connection, gpu_ids: tuple[str, ...]):
+    def __init__(self, proc: subprocess.Popen | _ForkedProcess, conn: Connection, gpu_ids: tuple[str, ...]):
         self.location: tuple[int, str, str] | None = None  # (pid, hostname, node ip)
         self.proc = proc
         self.conn = conn
@@ -67,6 +125,13 @@ class LocalExecutor(Executor):
     between trials. CPUs, GPUs and custom resources are accounted per trial; each
     trial sees only its GPUs through ``CUDA_VISIBLE_DEVICES``.
 
+    On Linux a worker is forked from the driver (ready in a millisecond or two,
+    sharing the modules the driver already imported) when that is safe: the
+    worker gets no GPUs, the driver runs no other threads, has not initialised
+    CUDA through torch and has not imported jax or tensorflow. Otherwise, and
+    with ``start_method="spawn"``, it is a fresh interpreter
+    (``python -m tunekit_core.worker``).
+
     Args:
         reuse_actors: keep class-trainable instances and call ``reset_config``.
         resources: override the detected totals, e.g. ``{"CPU": 8, "GPU": 2, "disk": 1}``.
@@ -74,6 +139,10 @@ class LocalExecutor(Executor):
             ``TUNEKIT_RESOURCES`` (a JSON dict of custom resources) do the same.
         stop_grace_s: how long a stopped trial may run before its worker is killed
             (default 5 s, or ``TUNEKIT_STOP_GRACE_S``).
+        start_method: ``"auto"`` (the default, or ``TUNEKIT_WORKER_START``): fork when
+            safe, as above; ``"spawn"``: always a fresh interpreter; ``"fork"``: fork
+            even while the driver runs other threads (still not for GPU trials, nor on
+            platforms without ``fork``).
     """
 
     def __init__(
@@ -81,8 +150,17 @@ class LocalExecutor(Executor):
         reuse_actors: bool = False,
         resources: dict[str, float] | None = None,
         stop_grace_s: float | None = None,
+        start_method: str | None = None,
     ):
         self.reuse_actors = reuse_actors
+        if start_method is None:
+            start_method = os.environ.get("TUNEKIT_WORKER_START") or "auto"
+        if start_method not in ("auto", "fork", "spawn"):
+            raise ValueError(
+                f"start_method (or TUNEKIT_WORKER_START) must be 'auto', 'fork' or 'spawn', "
+                f"got {start_method!r}."
+            )
+        self.start_method = start_method
         self._override = dict(resources or {})
         if stop_grace_s is None:
             stop_grace_s = float(os.environ.get("TUNEKIT_STOP_GRACE_S", "5"))
@@ -90,6 +168,9 @@ class LocalExecutor(Executor):
         self._workers: dict[Connection, _Worker] = {}
         self._by_trial: dict[object, _Worker] = {}
         self._wake_r: int | None = None
+        # One poll set for the run (a fresh selector per wait costs more than the wait).
+        self._poller: select.poll | None = None
+        self._by_fd: dict[int, Connection] = {}
         self._wake_w: int | None = None
         self._gpu_ids: list[str] = []
         self._totals: dict[str, int] = {}
@@ -203,6 +284,8 @@ class LocalExecutor(Executor):
         self._is_setup = True
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        self._poller = select.poll()
+        self._poller.register(self._wake_r, select.POLLIN)
         self._node_ip = _node_ip(self._hostname)
         env = dict(os.environ)
         # Workers import what the driver can import (the script's directory, tests...).
@@ -218,12 +301,27 @@ class LocalExecutor(Executor):
         for _ in range(max(1, min(int(cpus), 4))):
             self._spawn(())
 
+    def _add(self, conn: Connection, worker: _Worker) -> None:
+        self._workers[conn] = worker
+        fd = conn.fileno()
+        self._by_fd[fd] = conn
+        self._poller.register(fd, select.POLLIN)
+
+    def _can_fork(self, gpu_ids: tuple[str, ...]) -> bool:
+        if self.start_method == "spawn" or gpu_ids or not sys.platform.startswith("linux"):
+            return False
+        if self.start_method == "fork":
+            return True
+        return _fork_blocker() is None
+
     def _spawn(self, gpu_ids: tuple[str, ...]) -> _Worker:
         parent, child = socket.socketpair()
         env = self._env
         if self._gpu_ids:
             env = dict(env)
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+        if self._can_fork(gpu_ids):
+            return self._fork(parent, child, env, gpu_ids)
         proc = subprocess.Popen(
             [sys.executable, "-m", "tunekit_core.worker", str(child.fileno())],
             pass_fds=(child.fileno(),),
@@ -234,7 +332,31 @@ class LocalExecutor(Executor):
         child.close()
         conn = Connection(parent.detach())
         worker = _Worker(proc, conn, gpu_ids)
-        self._workers[conn] = worker
+        self._add(conn, worker)
+        return worker
+
+    def _fork(self, parent: socket.socket, child: socket.socket, env: dict, gpu_ids: tuple[str, ...]) -> _Worker:
+        from .worker import forked_main  # imported here, not in the child
+
+        # What is buffered now would be written again by the child.
+        for stream in {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}:
+            if stream is not None:
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # native threads (3.12+)
+            pid = os.fork()
+        if pid == 0:
+            try:
+                forked_main(child.fileno(), env)
+            finally:
+                os._exit(1)
+        child.close()
+        conn = Connection(parent.detach())
+        worker = _Worker(_ForkedProcess(pid), conn, gpu_ids)
+        self._add(conn, worker)
         return worker
 
     def _idle_worker(self, gpu_ids: tuple[str, ...]) -> _Worker:
@@ -348,17 +470,18 @@ class LocalExecutor(Executor):
         if deadline is not None:
             left = max(0.0, deadline - time.monotonic())
             timeout = left if timeout is None else min(timeout, left)
-        ready = wait_for_ready([*self._workers, self._wake_r], timeout)
+        ready = self._poller.poll(None if timeout is None else math.ceil(timeout * 1000))
         events: list[tuple] = []
         loads = pickle.loads
-        for conn in ready:
-            if conn == self._wake_r:
+        for fd, _ in ready:
+            if fd == self._wake_r:
                 try:
                     os.read(self._wake_r, 4096)
                 except BlockingIOError:
                     pass
                 continue
-            worker = self._workers.get(conn)
+            conn = self._by_fd.get(fd)
+            worker = None if conn is None else self._workers.get(conn)
             if worker is None:
                 continue
             while True:
@@ -378,7 +501,7 @@ class LocalExecutor(Executor):
                     break
                 if msg[0] == "r":
                     self._on_results(worker, msg, events)
-                if not conn.poll():
+                if not select.select((fd,), (), (), 0)[0]:
                     break
         if deadline is not None:
             now = time.monotonic()
@@ -409,8 +532,7 @@ class LocalExecutor(Executor):
             self._free(worker)
 
     def _on_exit(self, worker: _Worker, events: list) -> None:
-        del self._workers[worker.conn]
-        worker.conn.close()
+        self._forget(worker)
         try:
             code = worker.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -424,6 +546,15 @@ class LocalExecutor(Executor):
                 events.append(("done", trial, {"stopped": True}))
             else:
                 events.append(("error", trial, _describe_exit(code, worker.proc.pid), None))
+
+    def _forget(self, worker: _Worker) -> None:
+        conn = worker.conn
+        del self._workers[conn]
+        if not conn.closed:
+            fd = conn.fileno()
+            self._by_fd.pop(fd, None)
+            self._poller.unregister(fd)
+            conn.close()
 
     def _kill(self, worker: _Worker) -> None:
         try:
@@ -459,6 +590,8 @@ class LocalExecutor(Executor):
                 worker.proc.wait()
             worker.conn.close()
         self._workers.clear()
+        self._by_fd.clear()
+        self._poller = None
         self._by_trial.clear()
         for fd in (self._wake_r, self._wake_w):
             if fd is not None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import select
 import signal
 import socket
 import sys
@@ -147,8 +148,8 @@ class SearcherProcess:
         )
 
     def _receive(self, block: bool) -> tuple | None:
-        if not block and not self._conn.poll():
-            return None
+        if not block and not select.select((self._conn,), (), (), 0)[0]:
+            return None  # (Connection.poll builds a selector per call: too slow here)
         try:
             return pickle.loads(self._conn.recv_bytes())
         except (EOFError, OSError) as exc:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import pickle
 import queue
+import signal
+import stat
 import sys
 import threading
 import traceback
@@ -404,6 +406,71 @@ def _restore(saved) -> None:
     os.dup2(saved[1], 2)
     os.close(saved[0])
     os.close(saved[1])
+
+
+def forked_main(fd: int, environ: dict[str, str]) -> None:
+    """A worker forked from the driver (see ``LocalExecutor``): become what a worker started
+    as ``python -m tunekit_core.worker`` would be, then serve. Never returns.
+
+    The child keeps the driver's modules (no imports to pay) and its memory, shared
+    copy-on-write. It leaves the driver's session (Ctrl+C in the terminal reaches the
+    driver only), takes the default signal handlers, reads nothing from the terminal,
+    gets the worker environment and the interpreter's own standard streams, and
+    reseeds numpy's global generator (Python's
+    ``random`` reseeds itself after a fork), as a fresh process would have its own.
+    The sockets and pipes it inherited (other workers', the searcher process's) point
+    to ``/dev/null`` from now on, so that only the driver holds their ends: a worker
+    still sees the driver's death as the end of its own socket.
+    """
+    code = 1
+    try:
+        os.setsid()
+        _detach_inherited(keep=fd)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as Python sets it at start-up
+        try:
+            signal.set_wakeup_fd(-1)
+        except ValueError:
+            pass
+        os.environ.clear()
+        os.environ.update(environ)
+        # The interpreter's own streams on fds 0-2, not what the driver replaced them with
+        # (a test runner's capture, a console widget): what a fresh worker writes through.
+        for name in ("stdin", "stdout", "stderr"):
+            original = getattr(sys, f"__{name}__")
+            if original is not None:
+                setattr(sys, name, original)
+        numpy = sys.modules.get("numpy")
+        if numpy is not None:
+            numpy.random.seed()
+        import gc
+
+        gc.set_threshold(700, 10, 10)  # Python's defaults, not the driver's run-time ones
+        gc.freeze()  # the driver's objects: never scanned here, their pages stay shared
+        Worker(Connection(fd)).serve()
+        code = 0
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _detach_inherited(keep: int) -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2 or fd in (keep, devnull):
+            continue
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            continue  # the directory listing's own descriptor, closed by now
+        if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
+            os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def main() -> None:
