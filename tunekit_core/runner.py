@@ -737,9 +737,11 @@ class RunLoop:
 
     def finish(self) -> None:
         """Save the final state, then tell the hooks (loggers close, syncers upload it all)."""
+        for proxy in self._searcher_processes:
+            proxy.request_final()  # they pickle their state while the snapshot is written
+        self.write_snapshot()
         self._maybe_save_state(force=True)
         self.close_searcher_processes()
-        self.write_snapshot()
         self._hook.tunekit_on_experiment_end(trials=self._trials)
         if self.store is not None:
             self.store.close()

@@ -113,6 +113,9 @@ class SearcherProcess:
         self._news_seq = 0  # seq of the last notification that may change a "nothing now"
         self._error: BaseException | None = None
         self._closed = False
+        self._final_seq: int | None = None  # the end was asked for (request_final)
+        self._final: bytes | None = None  # the child's searcher attributes, for close()
+        self._final_done = False  # its answer (or error) is in
         parent_sock, child_sock = socket.socketpair()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
@@ -166,6 +169,12 @@ class SearcherProcess:
             self._set_state(seq, msg[2])
         elif kind == "e":
             self._error = _error_from(msg[2], msg[3])
+            if seq == self._final_seq:
+                self._final_done = True
+        elif kind == "c" and seq == self._final_seq:
+            state, self._final = msg[2]
+            self._set_state(seq, state)
+            self._final_done = True  # and the child has ended: read nothing more
 
     def _set_state(self, seq: int, state: bytes) -> None:
         if seq > self._state_seq:
@@ -173,7 +182,7 @@ class SearcherProcess:
             self._log = [entry for entry in self._log if entry[0] > seq]
 
     def _drain(self) -> None:
-        while True:
+        while not self._final_done:
             msg = self._receive(block=False)
             if msg is None:
                 break
@@ -296,7 +305,9 @@ class SearcherProcess:
         ``fresh`` waits for the child's current state (the final save): the log is then empty.
         """
         self._drain()
-        if fresh:  # the state after everything sent so far: the log empties
+        if self._final_seq is not None:
+            self._collect_final()
+        elif fresh:  # the state after everything sent so far: the log empties
             self._set_state(self._seq, self._call("__tunekit_saved_state__", (), {}))
         # in the order the child ran them; what the state already holds is not replayed
         self._log = sorted((e for e in self._log if e[0] > self._state_seq), key=lambda e: e[0])
@@ -320,6 +331,18 @@ class SearcherProcess:
         raise AttributeError(name)
 
     # -- the end ------------------------------------------------------------------------
+    def request_final(self) -> None:
+        """Ask the child for its final state and attributes now, and to end after sending
+        them: it pickles them while the driver finishes its own work. Nothing may be sent
+        to it afterwards; :meth:`snapshot` and :meth:`close` use the answer."""
+        if self._final_seq is None and not self._closed:
+            self._final_seq = self._send(("c", "__tunekit_final__", (), {}, 0))
+
+    def _collect_final(self) -> None:
+        while self._final_seq is not None and not self._final_done:
+            self._dispatch(self._receive(block=True))
+        self._raise_pending_error()
+
     def close(self, sync_back: bool = True) -> None:
         """End the child; with ``sync_back`` its searcher's state replaces the local object's."""
         if self._closed:
@@ -327,9 +350,10 @@ class SearcherProcess:
         try:
             if sync_back:
                 try:
-                    blob = self._call("__tunekit_final__", (), {})
-                    if blob is not None:
-                        _merge_into(self.local, pickle.loads(blob))
+                    self.request_final()
+                    self._collect_final()
+                    if self._final is not None:
+                        _merge_into(self.local, pickle.loads(self._final))
                 except Exception as exc:  # noqa: BLE001 - the run's results are unaffected
                     logger.warning(
                         "Could not copy the searcher's final state back from its process: %s", exc
@@ -433,8 +457,9 @@ def _serve(
                 if name == "__tunekit_saved_state__":
                     value = saved_state(searcher)
                 elif name == "__tunekit_final__":
-                    value = _dumps(searcher.__dict__)
-                    reply(("c", seq, value))
+                    # the state for the final commit, and the attributes for the driver's
+                    # object; then this process ends
+                    reply(("c", seq, (saved_state(searcher), _dumps(searcher.__dict__))))
                     return
                 else:
                     target = searcher

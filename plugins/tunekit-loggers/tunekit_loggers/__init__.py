@@ -120,6 +120,16 @@ _encode_line = json.JSONEncoder(default=safe_json_value).encode
 _encode_params = json.JSONEncoder(default=safe_json_value, indent=2, sort_keys=True).encode
 
 
+def _open_in_trial_dir(path: str, mode: str, **kwargs: Any):
+    """``open``, creating the trial directory only when it is missing (the run loop has
+    made it already: no extra system call per file in the usual case)."""
+    try:
+        return open(path, mode, **kwargs)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return open(path, mode, **kwargs)
+
+
 def _to_json_line(result: Any) -> str:
     try:
         return _encode_line(result)
@@ -201,11 +211,9 @@ class _BufferedTrialLogger(LoggerCallback):
             old.file.close()
         if len(self._files) >= self.max_open_files:
             self._close_idle()
-        directory = trial.local_path
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, self._file_name)
+        path = os.path.join(trial.local_path, self._file_name)
         buffering = _LARGE_BUFFER if len(self._files) < _LARGE_BUFFER_FILES else _SMALL_BUFFER
-        file = open(path, "a", buffering=buffering, encoding="utf-8", newline=self._newline)
+        file = _open_in_trial_dir(path, "a", buffering=buffering, encoding="utf-8", newline=self._newline)
         entry = _TrialFile(file, trial)
         self._prepare(entry, path)
         self._files[trial_id] = entry
@@ -294,9 +302,8 @@ class JsonLoggerCallback(_BufferedTrialLogger):
 
     def _write_params(self, trial: Any) -> None:
         directory = trial.local_path
-        os.makedirs(directory, exist_ok=True)
         config = trial.config
-        with open(os.path.join(directory, EXPR_PARAM_FILE), "w", encoding="utf-8") as f:
+        with _open_in_trial_dir(os.path.join(directory, EXPR_PARAM_FILE), "w", encoding="utf-8") as f:
             f.write(_to_params_json(config))
         import cloudpickle
 
