@@ -22,6 +22,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -286,7 +287,7 @@ def _run_script_once(script: str, framework: str, extra: list[str], *, monitor: 
     peaks = mon.stop() if mon else None
     leftovers = kill_leftovers(tag, ray_tmp)
     if ray_tmp:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        _REMOVE_AT_EXIT.append(ray_tmp)
 
     result: dict[str, Any] | None = None
     for line in stdout.splitlines():
@@ -644,7 +645,41 @@ def main(argv: list[str] | None = None) -> int:
                              "(labelled as such in the output; may be repeated)")
     parser.add_argument("--no-warm-up", action="store_true",
                         help="skip the untimed warm-up run of each framework")
+    parser.add_argument("--scratch", default=None,
+                        help="where the runs' experiment directories go (default: a fresh "
+                             "directory in your home directory, as both frameworks' default "
+                             "result folders are); removed when everything has run")
     args = parser.parse_args(argv)
+    scratch = use_scratch(args.scratch)
+    try:
+        return _main(args, parser)
+    finally:
+        remove_scratch(scratch)
+
+
+def use_scratch(where: str | None) -> str:
+    """One scratch directory for the whole invocation, set as ``BENCH_SCRATCH`` for the runs.
+
+    Nothing is deleted between runs: on a file system that delays reusing recently freed
+    inodes (ext4 without a journal, as on the VM these figures come from), creating files
+    right after thousands were deleted nearby costs up to a millisecond each, which would
+    charge one run for the clean-up of the one before.
+    """
+    root = tempfile.mkdtemp(prefix=".bench-scratch-", dir=where or os.path.expanduser("~"))
+    os.environ["BENCH_SCRATCH"] = root
+    return root
+
+
+def remove_scratch(root: str) -> None:
+    for path in [root, *_REMOVE_AT_EXIT]:
+        shutil.rmtree(path, ignore_errors=True)
+    _REMOVE_AT_EXIT.clear()
+
+
+_REMOVE_AT_EXIT: list[str] = []
+
+
+def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     workloads = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]

@@ -15,8 +15,13 @@ objective are run, once per seed (``--seeds``, 5), by
 
 Figures: trials per second over the run call (study creation + optimize / ``fmin`` /
 ``tunekit.run`` / ``Tuner`` + ``fit``; ``ray.init`` is not counted), and the best objective
-found. Targets: tunekit >= 0.8x the raw library's trials/s and >= 3x Ray's best
-configuration; tunekit's best objective indistinguishable from the raw library's.
+found. ``raw``, ``tunekit`` and ``tunekit-driver`` run first, each seed's runs one after the
+other, ``--repeats`` (3) times over; a seed's rate is the median of its repeats. Ray's runs
+come after them (once per seed), because a Ray run's processes take seconds to exit.
+Experiment directories go under ``--storage`` (default: the home directory), kept until the
+end of the invocation. Targets: tunekit >= 0.8x
+the raw library's trials/s and >= 3x Ray's best configuration; tunekit's best objective
+indistinguishable from the raw library's.
 
 Every (library, framework, seed) runs in a fresh subprocess of this script (``--worker``).
 tunekit and raw runs use this interpreter (which needs tunekit with the tunekit-optuna and
@@ -30,6 +35,7 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/w6_searchers.py                       # everything
     .venv/bin/python benchmarks/w6_searchers.py --frameworks raw,tunekit --libraries optuna
     .venv/bin/python benchmarks/w6_searchers.py --ray-default-trials 40 --json w6.json
+    .venv/bin/python benchmarks/w6_searchers.py --storage /dev/shm     # experiments on tmpfs
     .venv/bin/python benchmarks/w6_searchers.py --profile optuna      # cProfile of tunekit's driver
 """
 
@@ -151,7 +157,7 @@ def run_tunekit(library: str, seed: int, trials: int, profile: str | None) -> di
         from tunekit.search.hyperopt import HyperOptSearch
 
         searcher = HyperOptSearch(random_state_seed=seed)
-    storage = tempfile.mkdtemp(prefix="tunekit-w6-")
+    storage = tempfile.mkdtemp(prefix="tunekit-w6-", dir=os.environ.get("W6_STORAGE") or None)
     profiler = None
     if profile:
         import cProfile
@@ -169,7 +175,8 @@ def run_tunekit(library: str, seed: int, trials: int, profile: str | None) -> di
         profiler.disable()
         profiler.dump_stats(profile)
     losses = [t.last_result["loss"] for t in analysis.trials if "loss" in t.last_result]
-    shutil.rmtree(storage, ignore_errors=True)
+    if not os.environ.get("W6_STORAGE"):  # else the orchestrator removes it at the end
+        shutil.rmtree(storage, ignore_errors=True)
     return {"wall_s": wall, "trials": len(analysis.trials), "completed": len(losses),
             "best": min(losses)}
 
@@ -201,7 +208,7 @@ def run_ray(library: str, seed: int, trials: int, reuse: bool, temp_dir: str | N
     if temp_dir:
         init_kwargs["_temp_dir"] = temp_dir
     ray.init(**init_kwargs)
-    storage = tempfile.mkdtemp(prefix="ray-w6-")
+    storage = tempfile.mkdtemp(prefix="ray-w6-", dir=os.environ.get("W6_STORAGE") or None)
     try:
         t0 = time.perf_counter()
         tuner = tune.Tuner(
@@ -219,7 +226,8 @@ def run_ray(library: str, seed: int, trials: int, reuse: bool, temp_dir: str | N
                   and "loss" in r.metrics]
     finally:
         ray.shutdown()
-        shutil.rmtree(storage, ignore_errors=True)
+        if not os.environ.get("W6_STORAGE"):
+            shutil.rmtree(storage, ignore_errors=True)
     return {"wall_s": wall, "trials": len(grid), "completed": len(losses), "best": min(losses)}
 
 
@@ -297,7 +305,7 @@ def _alive(pid: int) -> bool:
 
 
 def measure(library: str, framework: str, seed: int, trials: int, ray_python: str,
-            profile_out: str | None = None) -> dict:
+            profile_out: str | None = None, storage: str | None = None) -> dict:
     tag = uuid.uuid4().hex[:10]
     is_ray = framework.startswith("ray")
     ray_tmp = f"/tmp/rbt_{tag}" if is_ray else None
@@ -310,12 +318,14 @@ def measure(library: str, framework: str, seed: int, trials: int, ray_python: st
         cmd += ["--profile-out", profile_out]
     env = dict(os.environ, BENCH_TAG=tag, PYTHONUNBUFFERED="1", RAY_AUTH_MODE="disabled",
                RAY_USAGE_STATS_ENABLED="0")
+    if storage:
+        env["W6_STORAGE"] = storage
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # compiled modules cached, as when installed
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT_S,
                           start_new_session=True)
     if is_ray:
         kill_leftovers(tag, ray_tmp)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        _REMOVE_AT_END.append(ray_tmp)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX):])
@@ -334,14 +344,20 @@ def summarise(results: list[dict], libraries: list[str], frameworks: list[str]) 
         rates: dict[str, float] = {}
         bests: dict[str, list[float]] = {}
         for fw in frameworks:
-            rows = [r for r in results if r["library"] == library and r["framework"] == fw]
-            if not rows:
+            runs = [r for r in results if r["library"] == library and r["framework"] == fw]
+            if not runs:
                 continue
-            rate = statistics.median(r["trials_per_s"] for r in rows)
+            seeds = sorted({r["seed"] for r in runs})
+            # per seed: the median rate over its repeats, the best objective of its first run
+            seed_rates = [statistics.median(r["trials_per_s"] for r in runs if r["seed"] == s)
+                          for s in seeds]
+            rows = [min((r for r in runs if r["seed"] == s), key=lambda r: r.get("repeat", 0))
+                    for s in seeds]
+            rate = statistics.median(seed_rates)
             rates[fw] = rate
             best = [r["best"] for r in rows]
             bests[fw] = best
-            per_seed = ", ".join(f"{r['trials_per_s']:.1f}" for r in rows)
+            per_seed = ", ".join(f"{x:.1f}" for x in seed_rates)
             sd = statistics.stdev(best) if len(best) > 1 else 0.0
             lines.append(
                 f"{fw:<14} {rows[0]['trials']:>6} {rate:>8.1f}  ({per_seed}){'':<4} "
@@ -388,12 +404,19 @@ def main() -> None:
                         help="subset of raw,tunekit,tunekit-driver,ray,ray-default")
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs per seed of raw, tunekit and tunekit-driver (their rate per "
+                             "seed is the median; Ray's are run once per seed)")
     parser.add_argument("--ray-default-trials", type=int, default=None,
                         help="trials for ray-default (about 1 trial/s; default --trials). With "
                              "fewer, its rate is trials / wall and its best objective is not "
                              "comparable")
     parser.add_argument("--ray-default-seeds", type=int, default=None,
                         help="seeds for ray-default (default --seeds)")
+    parser.add_argument("--storage", default=None,
+                        help="directory under which the runs' experiment directories go (default: "
+                             "your home directory, as both frameworks' default result folders "
+                             "are); one scratch folder for the invocation, removed at its end")
     parser.add_argument("--ray-python", default=str(DEFAULT_RAY_PYTHON))
     parser.add_argument("--profile", choices=LIBRARIES,
                         help="run tunekit once (seed 0) under cProfile and print the top of it")
@@ -405,7 +428,8 @@ def main() -> None:
 
     if args.profile:
         path = tempfile.mktemp(suffix=".prof")
-        out = measure(args.profile, "tunekit", 0, args.trials, args.ray_python, path)
+        out = measure(args.profile, "tunekit", 0, args.trials, args.ray_python, path,
+                      storage=args.storage)
         print(f"tunekit + {args.profile}: {out['trials_per_s']:.1f} trials/s under cProfile")
         import pstats
 
@@ -422,26 +446,52 @@ def main() -> None:
     for x in frameworks:
         if x not in FRAMEWORKS:
             parser.error(f"unknown framework {x!r}")
+    # Nothing is deleted between runs: on a file system that delays reusing recently freed
+    # inodes (ext4 without a journal, as on the VM of the published figures), creating files
+    # right after thousands were deleted nearby costs up to a millisecond each.
+    scratch = tempfile.mkdtemp(prefix=".w6-scratch-", dir=args.storage or os.path.expanduser("~"))
+    try:
+        _run_plan(args, libraries, frameworks, scratch)
+    finally:
+        for path in [scratch, *_REMOVE_AT_END]:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+_REMOVE_AT_END: list[str] = []
+
+
+def _run_plan(args: argparse.Namespace, libraries: list[str], frameworks: list[str],
+              scratch: str) -> None:
     results: list[dict] = []
     started = time.time()
-    print(f"W6: {args.trials} trials x {args.seeds} seeds; {os.cpu_count()} CPUs; "
+    print(f"W6: {args.trials} trials x {args.seeds} seeds x {args.repeats} repeats (Ray: 1); "
+          f"{os.cpu_count()} CPUs; "
           f"load average {os.getloadavg()}", flush=True)
+    # The in-process frameworks first (each seed's runs interleaved, --repeats times), then
+    # Ray's: a Ray run's processes take seconds to exit after it, which would land in the
+    # measurements that follow it.
+    plan = []
+    for repeat in range(args.repeats):
+        for library in libraries:
+            for seed in range(args.seeds):
+                plan += [(library, fw, seed, args.trials, repeat) for fw in frameworks
+                         if not fw.startswith("ray")]
     for library in libraries:
         for seed in range(args.seeds):
-            for fw in frameworks:
-                trials = args.trials
-                if fw == "ray-default":
-                    if seed >= (args.ray_default_seeds or args.seeds):
-                        continue
-                    trials = args.ray_default_trials or args.trials
-                out = measure(library, fw, seed, trials, args.ray_python)
-                results.append(out)
-                print(f"  {library:<8} {fw:<12} seed {seed}: {out['trials']} trials, "
-                      f"{out['trials_per_s']:7.1f} trials/s, best {out['best']:.4f} "
-                      f"(load {out['load_before'][0]:.1f} -> {out['load_after'][0]:.1f})",
-                      flush=True)
-                if args.json:
-                    Path(args.json).write_text(json.dumps({"results": results}, indent=1))
+            if "ray" in frameworks:
+                plan.append((library, "ray", seed, args.trials, 0))
+            if "ray-default" in frameworks and seed < (args.ray_default_seeds or args.seeds):
+                plan.append((library, "ray-default", seed, args.ray_default_trials or args.trials, 0))
+    for library, fw, seed, trials, repeat in plan:
+        out = measure(library, fw, seed, trials, args.ray_python, storage=scratch)
+        out["repeat"] = repeat
+        results.append(out)
+        print(f"  {library:<8} {fw:<14} seed {seed} #{repeat}: {out['trials']} trials, "
+              f"{out['trials_per_s']:7.1f} trials/s, best {out['best']:.4f} "
+              f"(load {out['load_before'][0]:.1f} -> {out['load_after'][0]:.1f})",
+              flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"results": results}, indent=1))
     lines = summarise(results, libraries, frameworks)
     print("\n".join(lines))
     print(f"\n(total {time.time() - started:.0f} s; load average now {os.getloadavg()})")

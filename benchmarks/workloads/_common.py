@@ -79,7 +79,7 @@ class Framework:
                 init_kwargs["_temp_dir"] = ray_temp_dir
             ray.init(**init_kwargs)
         # Created last, so that a framework that fails to start leaves nothing behind.
-        self.storage = tempfile.mkdtemp(prefix="tunekit-bench-")
+        self.storage = tempfile.mkdtemp(prefix="tunekit-bench-", dir=os.environ.get("BENCH_SCRATCH"))
 
     def uniform(self, low: float, high: float) -> Any:
         """A uniform search-space domain, or its midpoint if the framework has no ``uniform``."""
@@ -134,6 +134,8 @@ class Framework:
             import ray
 
             ray.shutdown()
+        if os.environ.get("BENCH_SCRATCH"):
+            return  # the harness removes its scratch directory once every run is over
         import shutil
 
         shutil.rmtree(self.storage, ignore_errors=True)
