@@ -854,9 +854,24 @@ _INVALID_TAG_CHARS = re.compile(r"[^a-zA-Z0-9_-]+")
 
 
 def _clean_value(value: Any) -> str:
+    kind = type(value)
+    if kind is float:  # the common cases first: ABC checks cost more than the rest
+        return f"{value:.4f}"
+    if kind is int:
+        return str(value)  # digits and "-" only: nothing to clean
+    if kind is str:
+        cleaned = _CLEANED.get(value)
+        if cleaned is None:
+            cleaned = _INVALID_TAG_CHARS.sub("_", value).strip("_")
+            if len(_CLEANED) < 4096:  # keys and categories repeat from trial to trial
+                _CLEANED[value] = cleaned
+        return cleaned
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
         return f"{float(value):.4f}"
     return _INVALID_TAG_CHARS.sub("_", str(value)).strip("_")
+
+
+_CLEANED: dict[str, str] = {}
 
 
 def _path_sort_key(path: Sequence) -> tuple:

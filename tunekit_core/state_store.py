@@ -54,6 +54,29 @@ def _relative(path: str | None, experiment_dir: str) -> str | None:
     return path if rel.startswith(os.pardir) else rel
 
 
+_PLAIN_TYPES = frozenset((str, int, float, bool, type(None)))
+
+
+def _json_ready(value: Any) -> bool:
+    """Whether ``json.dumps`` writes ``value`` exactly as it writes ``to_json_safe(value)``:
+    only plain values, lists and tuples, and dicts with string keys (checked without copying)."""
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
+        return True
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not (type(item) in _PLAIN_TYPES or _json_ready(item)):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        return all(type(item) in _PLAIN_TYPES or _json_ready(item) for item in value)
+    return False
+
+
+def _json_safe(value: Any) -> Any:
+    return value if _json_ready(value) else to_json_safe(value)
+
+
 def trial_record(trial: Any, experiment_dir: str) -> dict[str, Any]:
     """The JSON record of ``trial`` (what a resume and ExperimentAnalysis need)."""
     pgf = trial.placement_group_factory
@@ -62,13 +85,13 @@ def trial_record(trial: Any, experiment_dir: str) -> dict[str, Any]:
         "trainable_name": trial.trainable_name,
         "experiment_name": trial.experiment_name,
         "experiment_tag": trial.experiment_tag,
-        "evaluated_params": to_json_safe(trial.evaluated_params),
-        "config": to_json_safe(trial.config),
+        "evaluated_params": _json_safe(trial.evaluated_params),
+        "config": _json_safe(trial.config),
         "status": trial.status,
         "status_history": [list(step) for step in trial.status_history],
         "local_path": trial.local_path,
         "relative_logdir": _relative(trial.local_path, experiment_dir),
-        "last_result": to_json_safe(trial.last_result),
+        "last_result": _json_safe(trial.last_result),
         "results_seen": trial.results_seen,
         "error_file": _relative(trial.error_file, experiment_dir),
         "error_msg": trial.error_msg,
