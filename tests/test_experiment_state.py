@@ -203,3 +203,26 @@ def test_writer_handles_unencodable_values(tmp_path):
     trial.config = {(1, 2): np.float32(1.5)}
     state = load_experiment_state(ExperimentStateWriter(tmp_path, "w").save([trial], {}))
     assert state["trials"][0]["config"] == {"(1, 2)": 1.5}
+
+
+def test_state_records_encode_plain_and_unusual_values_as_to_json_safe_does():
+    """The state store skips to_json_safe for plain values; the JSON must not change."""
+    import json
+    from collections import OrderedDict
+
+    import numpy as np
+
+    from tunekit_core.experiment_state import to_json_safe
+    from tunekit_core.state_store import _json_safe
+
+    values = [
+        {"x": 1.5, "n": 3, "s": "a", "b": True, "none": None, "nested": {"l": [1, (2, 3)]}},
+        {"nan": float("nan"), "inf": float("inf")},
+        {1: "int key", True: "bool key", None: "none key"},
+        {("a", 1): "tuple key"},
+        {"np": np.float32(0.5), "arr": np.arange(3), "set": {3, 1}},
+        OrderedDict(a=1),
+        [{"deep": [{"deeper": np.int64(7)}]}],
+    ]
+    for value in values:
+        assert json.dumps(_json_safe(value)) == json.dumps(to_json_safe(value)), value
