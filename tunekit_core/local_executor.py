@@ -13,11 +13,11 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from multiprocessing.connection import Connection
 
 from .errors import TuneError
 from .executor import Executor, TrialLaunch
+from .forking import ForkedProcess, fork
 from .resources import CPU, GPU, MEMORY, format_resources
 
 _UNIT = 10_000  # resource amounts are tracked in integer ten-thousandths
@@ -48,44 +48,6 @@ def _node_ip(hostname: str) -> str:
         return "127.0.0.1"
 
 
-class _ForkedProcess:
-    """The ``subprocess.Popen`` surface the executor uses, for a worker forked from the driver."""
-
-    __slots__ = ("pid", "returncode")
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere
-                self.returncode = 0
-                return self.returncode
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.0005
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(f"tunekit worker {self.pid}", timeout)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.02)
-        return self.returncode
-
-    def kill(self) -> None:
-        if self.returncode is None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
-
-
 def _fork_blocker() -> str | None:
     """Why a worker cannot be forked from this driver now (None: it can)."""
     if threading.active_count() > 1:
@@ -106,7 +68,7 @@ def _fork_blocker() -> str | None:
 class _Worker:
     __slots__ = ("proc", "conn", "gpu_ids", "trial", "known", "retiring", "kill_at", "location")
 
-    def __init__(self, proc: subprocess.Popen | _ForkedProcess, conn: Connection, gpu_ids: tuple[str, ...]):
+    def __init__(self, proc: subprocess.Popen | ForkedProcess, conn: Connection, gpu_ids: tuple[str, ...]):
         self.location: tuple[int, str, str] | None = None  # (pid, hostname, node ip)
         self.proc = proc
         self.conn = conn
@@ -170,7 +132,7 @@ class LocalExecutor(Executor):
         self._wake_r: int | None = None
         # One poll set for the run (a fresh selector per wait costs more than the wait).
         self._poller: select.poll | None = None
-        self._by_fd: dict[int, Connection] = {}
+        self._by_fd: dict[int, _Worker] = {}  # the workers by their socket's descriptor
         self._wake_w: int | None = None
         self._gpu_ids: list[str] = []
         self._totals: dict[str, int] = {}
@@ -304,7 +266,7 @@ class LocalExecutor(Executor):
     def _add(self, conn: Connection, worker: _Worker) -> None:
         self._workers[conn] = worker
         fd = conn.fileno()
-        self._by_fd[fd] = conn
+        self._by_fd[fd] = worker
         self._poller.register(fd, select.POLLIN)
 
     def _can_fork(self, gpu_ids: tuple[str, ...]) -> bool:
@@ -338,16 +300,7 @@ class LocalExecutor(Executor):
     def _fork(self, parent: socket.socket, child: socket.socket, env: dict, gpu_ids: tuple[str, ...]) -> _Worker:
         from .worker import forked_main  # imported here, not in the child
 
-        # What is buffered now would be written again by the child.
-        for stream in {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}:
-            if stream is not None:
-                try:
-                    stream.flush()
-                except (OSError, ValueError):
-                    pass
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # native threads (3.12+)
-            pid = os.fork()
+        pid = fork()
         if pid == 0:
             try:
                 forked_main(child.fileno(), env)
@@ -355,7 +308,7 @@ class LocalExecutor(Executor):
                 os._exit(1)
         child.close()
         conn = Connection(parent.detach())
-        worker = _Worker(_ForkedProcess(pid), conn, gpu_ids)
+        worker = _Worker(ForkedProcess(pid), conn, gpu_ids)
         self._add(conn, worker)
         return worker
 
@@ -480,10 +433,10 @@ class LocalExecutor(Executor):
                 except BlockingIOError:
                     pass
                 continue
-            conn = self._by_fd.get(fd)
-            worker = None if conn is None else self._workers.get(conn)
+            worker = self._by_fd.get(fd)
             if worker is None:
                 continue
+            conn = worker.conn
             while True:
                 try:
                     msg = loads(conn.recv_bytes())

@@ -821,7 +821,7 @@ class RunLoop:
         if self._searchers_dirty or force or self._searcher_processes:
             for index, source in enumerate(self._sources):
                 if isinstance(source.searcher, SearcherProcess):
-                    blob, log = source.searcher.snapshot(fresh=force)
+                    blob, log = source.searcher.snapshot()
                     kv[f"searcher_log/{index}"] = pickle.dumps(log, protocol=pickle.HIGHEST_PROTOCOL)
                 else:
                     blob = _saved_state(source.searcher, self.experiment_dir)

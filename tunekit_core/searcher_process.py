@@ -47,13 +47,15 @@ import pickle
 import select
 import signal
 import socket
+import subprocess
 import sys
 import time
 import traceback
-import warnings
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
+
+from .forking import ForkedProcess, fork
 
 logger = logging.getLogger("tunekit")
 
@@ -117,9 +119,7 @@ class SearcherProcess:
         self._final: bytes | None = None  # the child's searcher attributes, for close()
         self._final_done = False  # its answer (or error) is in
         parent_sock, child_sock = socket.socketpair()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
-            pid = os.fork()
+        pid = fork()
         if pid == 0:  # the child
             code = 0
             try:
@@ -299,16 +299,14 @@ class SearcherProcess:
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.notify("on_trial_complete", trial_id, result=result, error=error)
 
-    def snapshot(self, fresh: bool = False) -> tuple[bytes | None, list]:
+    def snapshot(self) -> tuple[bytes | None, list]:
         """(saved state, notifications to replay after it) for a commit.
 
-        ``fresh`` waits for the child's current state (the final save): the log is then empty.
+        After :meth:`request_final` it waits for the child's final state: the log is then
+        empty.
         """
         self._drain()
-        if self._final_seq is not None:
-            self._collect_final()
-        elif fresh:  # the state after everything sent so far: the log empties
-            self._set_state(self._seq, self._call("__tunekit_saved_state__", (), {}))
+        self._collect_final()
         # in the order the child ran them; what the state already holds is not replayed
         self._log = sorted((e for e in self._log if e[0] > self._state_seq), key=lambda e: e[0])
         return self._state, [(name, args, kwargs) for _, name, args, kwargs in self._log]
@@ -383,25 +381,13 @@ def _merge_into(local: Any, state: dict) -> None:
 
 
 def _reap(pid: int) -> None:
-    deadline = time.monotonic() + 2.0
-    while True:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if done:
-            return
-        if time.monotonic() > deadline:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-            return
-        time.sleep(0.005)
+    """Collect the ended child; kill it if it has not ended within 2 s."""
+    process = ForkedProcess(pid)
+    try:
+        process.wait(timeout=2.0)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _error_from(text: str, blob: bytes | None) -> BaseException:
@@ -454,9 +440,7 @@ def _serve(
                 reply(("state", seq, saved_state(searcher)))
             elif kind == "c":
                 name = msg[2]
-                if name == "__tunekit_saved_state__":
-                    value = saved_state(searcher)
-                elif name == "__tunekit_final__":
+                if name == "__tunekit_final__":
                     # the state for the final commit, and the attributes for the driver's
                     # object; then this process ends
                     reply(("c", seq, (saved_state(searcher), _dumps(searcher.__dict__))))
