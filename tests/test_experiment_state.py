@@ -218,7 +218,7 @@ def test_state_records_encode_plain_and_unusual_values_as_to_json_safe_does():
     values = [
         {"x": 1.5, "n": 3, "s": "a", "b": True, "none": None, "nested": {"l": [1, (2, 3)]}},
         {"nan": float("nan"), "inf": float("inf")},
-        {1: "int key", True: "bool key", None: "none key"},
+        {2: "int key", True: "bool key", None: "none key"},
         {("a", 1): "tuple key"},
         {"np": np.float32(0.5), "arr": np.arange(3), "set": {3, 1}},
         OrderedDict(a=1),

@@ -93,7 +93,7 @@ def test_snapshot_and_replay_rebuild_the_searchers_state(tmp_path):
     """What a commit stores (state + log) restores to the state the child holds."""
     searcher = Recording()
     saved = lambda s: _saved_state(s, str(tmp_path))  # noqa: E731
-    proxy = SearcherProcess(searcher, lambda: None, saved)
+    proxy = SearcherProcess(searcher, saved)
     try:
         taken = []
         for i in range(5):
@@ -122,9 +122,66 @@ def test_snapshot_and_replay_rebuild_the_searchers_state(tmp_path):
         proxy.close(sync_back=False)
 
 
+def test_answers_wake_the_executor_and_notifications_go_in_one_write(tmp_path):
+    """The executor watches the child's socket: an answer ends its wait and is taken in
+    there; notifications wait for the next request (or flush) and go with it."""
+    from tunekit_core.local_executor import LocalExecutor
+
+    executor = LocalExecutor()
+    executor.setup(str(tmp_path))
+    searcher = Recording(delay=0.05)
+    proxy = SearcherProcess(searcher, lambda s: _saved_state(s, str(tmp_path)),
+                            executor.watch, executor.unwatch)
+    try:
+        def wait_for(trial_id):
+            deadline = time.monotonic() + 10.0
+            while trial_id not in proxy._answers:  # only the executor's wait reads here
+                assert time.monotonic() < deadline
+                executor.wait(5.0)
+
+        proxy.ask_early("a")
+        started = time.monotonic()
+        wait_for("a")  # woken by the answer, long before the timeout
+        assert time.monotonic() - started < 4.0
+        config = proxy.suggest("a")
+        assert config is not None and config["x"] == random.Random(0).random()
+        proxy.on_trial_complete("a", {"loss": 1.0})
+        proxy.on_trial_complete("b", {"loss": 2.0})
+        assert len(proxy._outbox) == 2  # queued, not sent
+        proxy.ask_early("c")  # sent together with the request
+        assert proxy._outbox == []
+        wait_for("c")
+        assert proxy.suggest("c") is not None
+        proxy.close()
+        assert searcher.completed == [("a", 1.0), ("b", 2.0)]
+        assert executor._watched == {}  # no longer watched once closed
+    finally:
+        proxy.close(sync_back=False)
+        executor.shutdown()
+
+
+def test_commits_write_the_searchers_state_only_when_it_changed(tmp_path, monkeypatch):
+    """Between compactions a commit stores the replay log, not the same state again."""
+    from tunekit_core.state_store import StateStore
+
+    writes = []
+    original = StateStore.save
+
+    def spy(self, trials, kv=None):
+        writes.append(sorted(kv or ()))
+        return original(self, trials, kv)
+
+    monkeypatch.setattr(StateStore, "save", spy)
+    _run(tmp_path, Recording(), num_samples=12, max_concurrent_trials=1)
+    with_log = [keys for keys in writes if "searcher_log/0" in keys]
+    with_state = [keys for keys in writes if "searcher/0" in keys]
+    assert len(with_log) >= 12  # every commit has the log (a trial per commit at least)
+    assert len(with_state) == 2  # the first commit, and the final one
+
+
 def test_a_long_log_is_compacted_into_a_fresh_state(tmp_path):
     searcher = Recording()
-    proxy = SearcherProcess(searcher, lambda: None, lambda s: _saved_state(s, str(tmp_path)))
+    proxy = SearcherProcess(searcher, lambda s: _saved_state(s, str(tmp_path)))
     try:
         for i in range(100):
             proxy.on_trial_complete(f"u{i}", {"loss": float(i)})
@@ -141,7 +198,7 @@ def test_a_long_log_is_compacted_into_a_fresh_state(tmp_path):
 
 def test_methods_of_a_wrapped_searcher_run_in_the_child(tmp_path):
     inner = Recording()
-    proxy = SearcherProcess(ConcurrencyLimiter(inner, 2), lambda: None,
+    proxy = SearcherProcess(ConcurrencyLimiter(inner, 2),
                             lambda s: _saved_state(s, str(tmp_path)))
     try:
         assert proxy.metric == "loss"

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from .errors import TuneError
@@ -134,6 +135,7 @@ class LocalExecutor(Executor):
         self._poller: select.poll | None = None
         self._by_fd: dict[int, _Worker] = {}  # the workers by their socket's descriptor
         self._wake_w: int | None = None
+        self._watched: dict[int, Callable[[], None]] = {}  # fd -> on_readable (watch)
         self._gpu_ids: list[str] = []
         self._totals: dict[str, int] = {}
         self._used: dict[str, int] = {}
@@ -433,6 +435,10 @@ class LocalExecutor(Executor):
                 except BlockingIOError:
                     pass
                 continue
+            on_readable = self._watched.get(fd)
+            if on_readable is not None:
+                on_readable()
+                continue
             worker = self._by_fd.get(fd)
             if worker is None:
                 continue
@@ -515,6 +521,19 @@ class LocalExecutor(Executor):
         except OSError:
             pass
 
+    def watch(self, fd: int, on_readable: Callable[[], None]) -> None:
+        """Let :meth:`wait` also return when ``fd`` is readable, after calling
+        ``on_readable``, which reads what is there (or calls :meth:`unwatch`): a searcher
+        process's socket, so its answers wake the run loop without a wake-up pipe write."""
+        if self._poller is None:
+            raise RuntimeError("LocalExecutor.watch needs setup() first.")
+        self._watched[fd] = on_readable
+        self._poller.register(fd, select.POLLIN)
+
+    def unwatch(self, fd: int) -> None:
+        if self._watched.pop(fd, None) is not None and self._poller is not None:
+            self._poller.unregister(fd)
+
     def wakeup(self) -> None:
         if self._wake_w is not None:
             try:
@@ -544,6 +563,7 @@ class LocalExecutor(Executor):
             worker.conn.close()
         self._workers.clear()
         self._by_fd.clear()
+        self._watched.clear()
         self._poller = None
         self._by_trial.clear()
         for fd in (self._wake_r, self._wake_w):

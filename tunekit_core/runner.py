@@ -135,6 +135,7 @@ class RunLoop:
         self._urgent = False  # a status or checkpoint changed: commit at the end of this step
         self._searchers_dirty = True
         self._searcher_processes: list[SearcherProcess] = []
+        self._searcher_state_written: dict[int, bytes | None] = {}  # source index -> blob
         self._prune_after_commit: list[str] = []
         self._last_commit = 0.0
         self._last_scheduler_save = 0.0
@@ -696,6 +697,8 @@ class RunLoop:
                 # The searcher has nothing to offer and nothing runs that could change that:
                 # ask again shortly (a Searcher that returns None without live trials).
                 timeout = 0.05 if timeout is None else min(timeout, 0.05)
+            for proxy in self._searcher_processes:
+                proxy.flush()  # notifications of this step, in one write
             events = executor.wait(timeout)
             for event in events:
                 kind = event[0]
@@ -818,11 +821,18 @@ class RunLoop:
             return
         self._hook.tunekit_flush()
         kv: dict[str, Any] = {"runner_data": json.dumps(self.runner_data())}
+        written: dict[int, bytes | None] = {}
         if self._searchers_dirty or force or self._searcher_processes:
             for index, source in enumerate(self._sources):
                 if isinstance(source.searcher, SearcherProcess):
                     blob, log = source.searcher.snapshot()
                     kv[f"searcher_log/{index}"] = pickle.dumps(log, protocol=pickle.HIGHEST_PROTOCOL)
+                    # The state (a whole study, for Optuna) changes only when the log is
+                    # compacted: the database keeps the copy written then.
+                    if not force and self._searcher_state_written.get(index) is blob:
+                        blob = None
+                    else:
+                        written[index] = blob
                 else:
                     blob = _saved_state(source.searcher, self.experiment_dir)
                 if blob is not None:
@@ -839,6 +849,7 @@ class RunLoop:
         except Exception as exc:  # noqa: BLE001 - a failed save must not end the run
             logger.warning("Could not save the experiment state in %s: %s", store.path, exc)
             return
+        self._searcher_state_written.update(written)
         self._dirty.clear()
         self._urgent = False
         self._last_commit = now
@@ -875,8 +886,9 @@ class RunLoop:
                 continue
             proxy = SearcherProcess(
                 source.searcher,
-                self.trial_executor.wakeup,
                 functools.partial(_saved_state, experiment_dir=self.experiment_dir),
+                self.trial_executor.watch,
+                self.trial_executor.unwatch,
             )
             source.searcher = proxy
             if source.searcher_on_result is not None:

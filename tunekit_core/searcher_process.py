@@ -7,12 +7,14 @@ forks the driver once the searcher is set up, and the child serves the searcher:
 
 - ``suggest(trial_id)`` is asynchronous: the first call sends the request and returns
   ``None`` (the run loop's "nothing yet"); the child computes the suggestion while the
-  driver handles results, writes files and commits state, and wakes the run loop
-  (``executor.wakeup()``, whose pipe the child inherited) when the answer is there.
-  The next call for the same trial id returns it. Requests and notifications reach
-  the child in the order the driver made them, so the searcher sees exactly the
-  sequence of calls it would see in-process.
-- ``on_trial_result`` / ``on_trial_complete`` are one-way messages.
+  driver handles results, writes files and commits state. The executor watches the
+  child's socket (``LocalExecutor.watch``), so an answer wakes the run loop, which
+  reads it at once. The next call for the same trial id returns it. Requests and
+  notifications reach the child in the order the driver made them, so the searcher
+  sees exactly the sequence of calls it would see in-process.
+- ``on_trial_result`` / ``on_trial_complete`` are one-way messages, sent together
+  with the next request or when the run loop is about to wait (:meth:`flush`): one
+  write, and one wake-up of the child, per loop step rather than per call.
 - Any other method is a synchronous call, answered after everything sent before it.
 
 Experiment state stays exact without asking the child at every commit: the driver
@@ -100,9 +102,12 @@ class SearcherProcess:
     def __init__(
         self,
         searcher: Any,
-        wakeup: Callable[[], None],
         saved_state: Callable[[Any], bytes | None],
+        watch: Callable[[int, Callable[[], None]], None] | None = None,
+        unwatch: Callable[[int], None] | None = None,
     ) -> None:
+        """``watch(fd, on_readable)`` / ``unwatch(fd)``: the run loop's executor wakes on
+        the child's socket and calls ``on_readable`` (:meth:`LocalExecutor.watch`)."""
         self.local = searcher  # the driver's object, updated from the child's at close()
         self._seq = 0
         self._pending: dict[str, int] = {}  # trial id -> seq of its suggest request
@@ -118,13 +123,14 @@ class SearcherProcess:
         self._final_seq: int | None = None  # the end was asked for (request_final)
         self._final: bytes | None = None  # the child's searcher attributes, for close()
         self._final_done = False  # its answer (or error) is in
+        self._outbox: list[tuple] = []  # messages not sent yet (see flush)
         parent_sock, child_sock = socket.socketpair()
         pid = fork()
         if pid == 0:  # the child
             code = 0
             try:
                 parent_sock.close()
-                _serve(searcher, Connection(child_sock.detach()), wakeup, saved_state)
+                _serve(searcher, Connection(child_sock.detach()), saved_state)
             except BaseException:  # noqa: BLE001
                 code = 1
             finally:
@@ -132,17 +138,53 @@ class SearcherProcess:
         child_sock.close()
         self.pid = pid
         self._conn = Connection(parent_sock.detach())
+        self._fd = self._conn.fileno()
+        self._unwatch = unwatch
+        if watch is not None:
+            watch(self._fd, self.on_readable)
 
     # -- wire ---------------------------------------------------------------------------
-    def _send(self, msg: tuple) -> int:
+    def _send(self, msg: tuple, now: bool = True) -> int:
+        """Queue ``msg``; with ``now``, send it with everything queued before it."""
         if self._closed:
             raise RuntimeError("The searcher's process has been closed.")
         self._seq += 1
+        self._outbox.append((msg[0], self._seq, *msg[1:]))
+        if now:
+            self.flush()
+        return self._seq
+
+    def flush(self) -> None:
+        """Send the queued messages (in one write: the child reads them as one batch)."""
+        if not self._outbox or self._closed:
+            return
+        batch, self._outbox = self._outbox, []
         try:
-            self._conn.send_bytes(_dumps((msg[0], self._seq, *msg[1:])))
+            self._conn.send_bytes(_dumps(batch))
         except OSError as exc:
             raise SearcherError(self._gone_message()) from exc
-        return self._seq
+
+    def on_readable(self) -> None:
+        """The executor saw the child's socket readable: take in what it sent.
+
+        Errors wait for the next call of the run loop; a child that is gone (or done)
+        is no longer watched, as its socket would stay readable.
+        """
+        try:
+            while not self._final_done:
+                msg = self._receive(block=False)
+                if msg is None:
+                    return
+                self._dispatch(msg)
+        except SearcherError as exc:
+            if self._error is None:
+                self._error = exc
+        self._stop_watching()
+
+    def _stop_watching(self) -> None:
+        if self._unwatch is not None:
+            unwatch, self._unwatch = self._unwatch, None
+            unwatch(self._fd)
 
     def _gone_message(self) -> str:
         return (
@@ -272,7 +314,7 @@ class SearcherProcess:
         return None if first is None else first[1]
 
     def notify(self, name: str, *args: Any, **kwargs: Any) -> None:
-        seq = self._send(("n", name, args, kwargs))
+        seq = self._send(("n", name, args, kwargs), now=False)
         if name != "on_trial_result":
             # A finished trial may free what the searcher waits for (a ConcurrencyLimiter's
             # slot); an intermediate result rarely does, and asking again at each one would
@@ -357,6 +399,7 @@ class SearcherProcess:
                         "Could not copy the searcher's final state back from its process: %s", exc
                     )
         finally:
+            self._stop_watching()
             self._closed = True
             try:
                 self._conn.close()
@@ -404,7 +447,6 @@ def _error_from(text: str, blob: bytes | None) -> BaseException:
 def _serve(
     searcher: Any,
     conn: Connection,
-    wakeup: Callable[[], None],
     saved_state: Callable[[Any], bytes | None],
 ) -> None:
     """The child: run the searcher's methods in the order the driver sent them."""
@@ -422,42 +464,51 @@ def _serve(
     loads = pickle.loads
 
     def reply(msg: tuple) -> None:
-        conn.send_bytes(_dumps(msg))
-        wakeup()
+        conn.send_bytes(_dumps(msg))  # the driver's executor watches this socket
 
     while True:
         try:
-            msg = loads(conn.recv_bytes())
+            batch = loads(conn.recv_bytes())
         except (EOFError, OSError):
             return  # the driver is gone
-        kind, seq = msg[0], msg[1]
+        for msg in batch:
+            if not _serve_one(searcher, msg, reply, saved_state):
+                return
+
+
+def _serve_one(
+    searcher: Any,
+    msg: tuple,
+    reply: Callable[[tuple], None],
+    saved_state: Callable[[Any], bytes | None],
+) -> bool:
+    """Run one message; False after the final one (the child then ends)."""
+    kind, seq = msg[0], msg[1]
+    try:
+        if kind == "n":
+            getattr(searcher, msg[2])(*msg[3], **msg[4])
+        elif kind == "s":
+            reply(("s", seq, msg[2], searcher.suggest(msg[2])))
+        elif kind == "state":
+            reply(("state", seq, saved_state(searcher)))
+        elif msg[2] == "__tunekit_final__":
+            # the state for the final commit, and the attributes for the driver's object;
+            # then this process ends
+            reply(("c", seq, (saved_state(searcher), _dumps(searcher.__dict__))))
+            return False
+        else:  # "c"
+            target = searcher
+            for _ in range(msg[5]):
+                target = target.searcher
+            reply(("c", seq, getattr(target, msg[2])(*msg[3], **msg[4])))
+    except BaseException as exc:  # noqa: BLE001 - sent to the driver, which raises it
         try:
-            if kind == "n":
-                getattr(searcher, msg[2])(*msg[3], **msg[4])
-            elif kind == "s":
-                reply(("s", seq, msg[2], searcher.suggest(msg[2])))
-            elif kind == "state":
-                reply(("state", seq, saved_state(searcher)))
-            elif kind == "c":
-                name = msg[2]
-                if name == "__tunekit_final__":
-                    # the state for the final commit, and the attributes for the driver's
-                    # object; then this process ends
-                    reply(("c", seq, (saved_state(searcher), _dumps(searcher.__dict__))))
-                    return
-                else:
-                    target = searcher
-                    for _ in range(msg[5]):
-                        target = target.searcher
-                    value = getattr(target, name)(*msg[3], **msg[4])
-                reply(("c", seq, value))
-        except BaseException as exc:  # noqa: BLE001 - sent to the driver, which raises it
-            try:
-                blob = pickle.dumps(exc, protocol=_PROTOCOL)
-                pickle.loads(blob)
-            except Exception:  # noqa: BLE001
-                blob = None
-            reply(("e", seq, traceback.format_exc(), blob))
+            blob = pickle.dumps(exc, protocol=_PROTOCOL)
+            pickle.loads(blob)
+        except Exception:  # noqa: BLE001
+            blob = None
+        reply(("e", seq, traceback.format_exc(), blob))
+    return True
 
 
 def replay(searcher: Any, log: list) -> None:
