@@ -367,6 +367,12 @@ def summarise(results: list[dict], libraries: list[str], frameworks: list[str]) 
             ratio = rates["tunekit"] / rates["raw"]
             lines.append(f"  tunekit / raw trials/s = {ratio:.2f}  (target >= 0.8: "
                          f"{'PASS' if ratio >= 0.8 else 'FAIL'})")
+            paired = _paired_ratios(results, library, "tunekit", "raw")
+            if paired:
+                lines.append(
+                    f"  paired: median of {len(paired)} tunekit/raw ratios of back-to-back runs "
+                    f"(same seed and repeat) = {statistics.median(paired):.2f} "
+                    f"(quartiles {_quartiles(paired)}; less sensitive to the machine's drift)")
         if "tunekit-driver" in rates and "raw" in rates:
             lines.append(f"  tunekit-driver / raw trials/s = "
                          f"{rates['tunekit-driver'] / rates['raw']:.2f} (searcher in the driver)")
@@ -380,6 +386,21 @@ def summarise(results: list[dict], libraries: list[str], frameworks: list[str]) 
             lines.append("  best objective, tunekit vs raw: " + _compare(bests["tunekit"],
                                                                           bests["raw"]))
     return lines
+
+
+def _paired_ratios(results: list[dict], library: str, a: str, b: str) -> list[float]:
+    """rate(a) / rate(b) for each (seed, repeat) both ran, one right after the other."""
+    rate = {(r["framework"], r["seed"], r.get("repeat", 0)): r["trials_per_s"]
+            for r in results if r["library"] == library}
+    return [rate[(a, seed, rep)] / rate[(b, seed, rep)]
+            for (fw, seed, rep) in rate if fw == b and (a, seed, rep) in rate]
+
+
+def _quartiles(values: list[float]) -> str:
+    if len(values) < 4:
+        return "n/a"
+    q = statistics.quantiles(values, n=4)
+    return f"{q[0]:.2f}-{q[2]:.2f}"
 
 
 def _compare(a: list[float], b: list[float]) -> str:
