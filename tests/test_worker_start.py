@@ -76,6 +76,8 @@ def test_workers_are_forked_by_default(tmp_path):
         if __name__ == "__main__":
             assert threading.active_count() == 1, threading.enumerate()
             sys._tunekit_test_marker = "set in the driver"
+            import numpy as np
+            np.random.seed(0)  # the driver's global generator, copied into every fork
             analysis = tune.run(describe_worker, num_samples=4, resources_per_trial={{"cpu": 0.5}},
                                 verbose=0, local_dir={str(tmp_path)!r})
             print(json.dumps([t.last_result for t in analysis.trials], default=str))
