@@ -298,6 +298,24 @@ def _location_position(dist: Distribution, positions: dict[str, int]) -> int:
     return positions.get(location, len(positions) + 1)
 
 
+def _entry_points_text(dist: Distribution) -> str | None:
+    """``dist``'s entry_points.txt. Every installed distribution is read at each scan, so a
+    distribution in a directory (importlib.metadata's ``PathDistribution``) is read with
+    plain file I/O, a few times faster than through ``read_text``'s pathlib objects."""
+    from pathlib import PurePath  # imported already by importlib.metadata
+
+    path = getattr(dist, "_path", None)
+    if isinstance(path, PurePath):  # a directory (a zip member is a zipfile.Path)
+        try:
+            with open(os.path.join(os.fspath(path), "entry_points.txt"), encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            pass
+    return dist.read_text("entry_points.txt")
+
+
 def _scan() -> dict[str, dict[str, list[_Entry]]]:
     import importlib.metadata
 
@@ -306,14 +324,15 @@ def _scan() -> dict[str, dict[str, list[_Entry]]]:
     seen: set[str] = set()
     for dist in importlib.metadata.distributions():
         try:
-            text = dist.read_text("entry_points.txt")
+            text = _entry_points_text(dist)
         except Exception:
             continue
         if not text or "tunekit." not in text:
             continue
         try:
-            dist_name = dist.metadata["Name"] or "?"
-            version = dist.version or "?"
+            metadata = dist.metadata  # parsed once for both (dist.version parses it again)
+            dist_name = metadata["Name"] or "?"
+            version = metadata["Version"] or "?"
         except Exception:
             continue
         normalized = _normalize(dist_name)
