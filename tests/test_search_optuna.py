@@ -406,7 +406,7 @@ DRIVER = textwrap.dedent(
             started = len(f.readlines())
         if KILL_AT and started >= KILL_AT:
             try:  # the first trial to get here kills the driver, once
-                os.close(os.open(os.path.join(OUT, "killed"), os.O_CREAT | os.O_EXCL))
+                os.close(os.open(os.path.join(OUT, f"killed{KILL_AT}"), os.O_CREAT | os.O_EXCL))
             except FileExistsError:
                 pass
             else:
@@ -443,6 +443,28 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert all(t.status == "TERMINATED" for t in analysis.trials)
     xs = [t.config["x"] for t in analysis.trials]
     assert len(xs) == 12 and len(set(xs)) == 12  # no suggestion repeated after the resume
+
+
+def test_resume_twice_replays_only_the_last_runs_calls(tmp_path):
+    """Killed, resumed and killed again: the second resume restores the state the first
+    resumed run saved and replays that run's calls only (not the first run's as well)."""
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    env = dict(os.environ, TUNEKIT_STOP_GRACE_S="2")
+    for kill_at in (5, 9):
+        killed = subprocess.run([sys.executable, str(script), str(tmp_path), str(kill_at)],
+                                capture_output=True, text=True, timeout=120, env=env)
+        assert killed.returncode == -9, killed.stderr
+    resumed = subprocess.run([sys.executable, str(script), str(tmp_path), "0"],
+                             capture_output=True, text=True, timeout=120, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "suggested a different config" not in resumed.stderr  # the replay matched
+    line = next(ln for ln in resumed.stdout.splitlines() if ln.startswith("DONE"))
+    n_trials, n_study, n_complete = map(int, line.split()[1:])
+    assert n_trials == 12
+    assert n_study <= 12 + 2 * 3  # at most two asked-ahead suggestions left per run
+    xs = [t.config["x"] for t in tune.ExperimentAnalysis(str(tmp_path / "exp")).trials]
+    assert len(set(xs)) == 12
 
 
 # -- ASHA, multi-objective, define-by-run, warm starts ---------------------------------------

@@ -11,6 +11,7 @@ import pytest
 
 import tunekit as tune
 from tunekit.search import ConcurrencyLimiter, Searcher
+from tunekit_core import searcher_process
 from tunekit_core.runner import _restore_state, _saved_state
 from tunekit_core.searcher_process import SearcherProcess, replay
 
@@ -104,7 +105,8 @@ def test_snapshot_and_replay_rebuild_the_searchers_state(tmp_path):
             proxy.on_trial_complete(trial_id, {"loss": config["x"]})
         # a suggestion asked for and not taken is not part of the state
         proxy.ask_early("t5")
-        state, log = proxy.snapshot()
+        state, state_seq, calls = proxy.snapshot()
+        log = [tuple(call) for seq, *call in sorted(calls) if seq > state_seq]
         assert [name for name, _, _ in log].count("suggest") == 5
         restored = Recording()
         _restore_state(restored, state, str(tmp_path))
@@ -160,33 +162,36 @@ def test_answers_wake_the_executor_and_notifications_go_in_one_write(tmp_path):
         executor.shutdown()
 
 
-def test_commits_write_the_searchers_state_only_when_it_changed(tmp_path, monkeypatch):
-    """Between compactions a commit stores the replay log, not the same state again."""
+def test_commits_write_each_call_once_and_the_state_only_when_it_changed(tmp_path, monkeypatch):
+    """A commit stores the calls since the previous one, not the whole replay log again,
+    and not the same searcher state again between compactions."""
     from tunekit_core.state_store import StateStore
 
-    writes = []
+    states, rows = [], []
     original = StateStore.save
 
-    def spy(self, trials, kv=None):
-        writes.append(sorted(kv or ()))
-        return original(self, trials, kv)
+    def spy(self, trials, kv=None, log_rows=(), log_trim=None):
+        states.append("searcher/0" in (kv or {}))
+        rows.extend((source, seq) for source, seq, _ in log_rows)
+        return original(self, trials, kv, log_rows, log_trim)
 
     monkeypatch.setattr(StateStore, "save", spy)
     _run(tmp_path, Recording(), num_samples=12, max_concurrent_trials=1)
-    with_log = [keys for keys in writes if "searcher_log/0" in keys]
-    with_state = [keys for keys in writes if "searcher/0" in keys]
-    assert len(with_log) >= 12  # every commit has the log (a trial per commit at least)
-    assert len(with_state) == 2  # the first commit, and the final one
+    assert sum(states) == 2  # the first commit, and the final one
+    # every suggestion taken, result and completion: once each
+    assert len(rows) == len(set(rows)) == 12 * 3
 
 
-def test_a_long_log_is_compacted_into_a_fresh_state(tmp_path):
+def test_a_long_log_is_compacted_into_a_fresh_state(tmp_path, monkeypatch):
+    monkeypatch.setattr(searcher_process, "_LOG_COMPACT_AT", 64)
     searcher = Recording()
     proxy = SearcherProcess(searcher, lambda s: _saved_state(s, str(tmp_path)))
     try:
         for i in range(100):
             proxy.on_trial_complete(f"u{i}", {"loss": float(i)})
         proxy._call("get_state", (), {})  # everything sent so far has been handled
-        state, log = proxy.snapshot()
+        state, state_seq, calls = proxy.snapshot()
+        log = [tuple(call) for seq, *call in sorted(calls) if seq > state_seq]
         assert len(log) < 64
         restored = Recording()
         _restore_state(restored, state, str(tmp_path))
@@ -261,11 +266,12 @@ class LogLength(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         proxy = trial._source.searcher
         if isinstance(proxy, SearcherProcess):
-            self.longest = max(self.longest, len(proxy._log))
+            self.longest = max(self.longest, len(proxy._log_seqs))
 
 
-def test_the_replay_log_stays_short_while_suggestions_are_always_open(tmp_path):
+def test_the_replay_log_stays_short_while_suggestions_are_always_open(tmp_path, monkeypatch):
     """Compaction does not wait for a moment without open requests (there may be none)."""
+    monkeypatch.setattr(searcher_process, "_LOG_COMPACT_AT", 64)
     recorder = LogLength()
     analysis = _run(tmp_path, Recording(delay=0.005), num_samples=150, max_concurrent_trials=2,
                     callbacks=[recorder])

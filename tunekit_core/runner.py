@@ -822,17 +822,32 @@ class RunLoop:
         self._hook.tunekit_flush()
         kv: dict[str, Any] = {"runner_data": json.dumps(self.runner_data())}
         written: dict[int, bytes | None] = {}
+        log_rows: list[tuple[int, int, bytes]] = []
+        log_trim: dict[int, int | None] = {}
+        logged: dict[SearcherProcess, int] = {}
         if self._searchers_dirty or force or self._searcher_processes:
             for index, source in enumerate(self._sources):
                 if isinstance(source.searcher, SearcherProcess):
-                    blob, log = source.searcher.snapshot()
-                    kv[f"searcher_log/{index}"] = pickle.dumps(log, protocol=pickle.HIGHEST_PROTOCOL)
-                    # The state (a whole study, for Optuna) changes only when the log is
-                    # compacted: the database keeps the copy written then.
+                    proxy = source.searcher
+                    blob, state_seq, calls = proxy.snapshot()
+                    logged[proxy] = len(calls)
+                    # Only the calls since the last commit are written. The state (a whole
+                    # study, for Optuna) changes only when the log is compacted; when it
+                    # does, the rows it holds go (at this run's first commit: every row,
+                    # as they may be an earlier run's, and the older one-blob log too).
                     if not force and self._searcher_state_written.get(index) is blob:
                         blob = None
                     else:
+                        first = index not in self._searcher_state_written
+                        log_trim[index] = None if first else state_seq
+                        if first:
+                            kv[f"searcher_log/{index}"] = b""
                         written[index] = blob
+                    log_rows += [
+                        (index, seq, pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL))
+                        for seq, *call in calls
+                        if seq > state_seq
+                    ]
                 else:
                     blob = _saved_state(source.searcher, self.experiment_dir)
                 if blob is not None:
@@ -845,11 +860,13 @@ class RunLoop:
             self._last_scheduler_save = now
         dirty = list(self._dirty)
         try:
-            store.save(dirty, kv)
+            store.save(dirty, kv, log_rows, log_trim)
         except Exception as exc:  # noqa: BLE001 - a failed save must not end the run
             logger.warning("Could not save the experiment state in %s: %s", store.path, exc)
             return
         self._searcher_state_written.update(written)
+        for proxy, count in logged.items():
+            proxy.saved(count)
         self._dirty.clear()
         self._urgent = False
         self._last_commit = now
@@ -979,10 +996,13 @@ class RunLoop:
             blob = kv.get(f"searcher/{index}")
             if blob is not None:
                 _restore_state(source.searcher, blob, self.experiment_dir)
+                # What the searcher did in its own process after that state was taken: rows
+                # of the searcher_log table (and, from tunekit versions before it, one blob).
                 log = kv.get(f"searcher_log/{index}")
-                if log:
-                    # What the searcher heard in its own process after that state was taken.
-                    replay(source.searcher, pickle.loads(log))
+                calls = pickle.loads(log) if log else []
+                calls += [pickle.loads(row) for row in state.get("searcher_logs", {}).get(index, ())]
+                if calls:
+                    replay(source.searcher, calls)
         if kv.get("scheduler") is not None:
             _restore_state(self._scheduler, kv["scheduler"], self.experiment_dir)
             scheduler_restored = True

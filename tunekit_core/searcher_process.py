@@ -62,8 +62,10 @@ from .forking import ForkedProcess, fork
 logger = logging.getLogger("tunekit")
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
-# Ask the child for a fresh state once this many notifications wait in the replay log.
-_LOG_COMPACT_AT = 64
+# Ask the child for a fresh state once this many calls wait in the replay log. Each commit
+# stores only the calls recorded since the previous one, so this bounds what a resume
+# replays and how often the child pickles its whole state, not the cost of a commit.
+_LOG_COMPACT_AT = 512
 # After a "nothing now" answer, ask again this soon at the latest without news.
 _REASK_S = 0.05
 
@@ -114,7 +116,8 @@ class SearcherProcess:
         self._answers: dict[str, Any] = {}  # trial id -> the suggested config
         self._state = saved_state(searcher)  # state after self._state_seq
         self._state_seq = 0
-        self._log: list[tuple[int, str, tuple, dict]] = []  # notifications after the state
+        self._log_seqs: list[int] = []  # seqs of the calls recorded after the state
+        self._unsaved: list[tuple[int, str, tuple, dict]] = []  # recorded, not yet committed
         self._state_requested = False
         self._idle_since: float | None = None
         self._news_seq = 0  # seq of the last notification that may change a "nothing now"
@@ -221,7 +224,7 @@ class SearcherProcess:
     def _set_state(self, seq: int, state: bytes) -> None:
         if seq > self._state_seq:
             self._state, self._state_seq = state, seq
-            self._log = [entry for entry in self._log if entry[0] > seq]
+            self._log_seqs = [entry for entry in self._log_seqs if entry > seq]
 
     def _drain(self) -> None:
         while not self._final_done:
@@ -255,8 +258,7 @@ class SearcherProcess:
             if isinstance(config, dict):
                 # Taken: a resume replays it (the searcher's suggest is deterministic given
                 # its saved state, which is what run_in_own_process promises).
-                self._log.append((seq, "suggest", (trial_id,), {"_expect": config}))
-                self._maybe_compact()
+                self._record(seq, "suggest", (trial_id,), {"_expect": config})
                 return config
             if config is not None or seq > self._news_seq:
                 if config is None:
@@ -321,7 +323,12 @@ class SearcherProcess:
             # keep the searcher's process busy answering "nothing now".
             self._idle_since = None
             self._news_seq = seq
-        self._log.append((seq, name, args, kwargs))
+        self._record(seq, name, args, kwargs)
+
+    def _record(self, seq: int, name: str, args: tuple, kwargs: dict) -> None:
+        """A call the searcher made that a resume must replay after the saved state."""
+        self._log_seqs.append(seq)
+        self._unsaved.append((seq, name, args, kwargs))
         self._maybe_compact()
 
     def _maybe_compact(self) -> None:
@@ -331,7 +338,7 @@ class SearcherProcess:
         (its log entry is then older than the state and not replayed), unless the run
         ends first, and the ids of open requests are never given to other trials.
         """
-        if len(self._log) >= _LOG_COMPACT_AT and not self._state_requested:
+        if len(self._log_seqs) >= _LOG_COMPACT_AT and not self._state_requested:
             self._state_requested = True
             self._send(("state",))
 
@@ -341,17 +348,19 @@ class SearcherProcess:
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.notify("on_trial_complete", trial_id, result=result, error=error)
 
-    def snapshot(self) -> tuple[bytes | None, list]:
-        """(saved state, notifications to replay after it) for a commit.
-
-        After :meth:`request_final` it waits for the child's final state: the log is then
-        empty.
+    def snapshot(self) -> tuple[bytes | None, int, list[tuple[int, str, tuple, dict]]]:
+        """(saved state, the seq it was taken at, the calls recorded since :meth:`saved`)
+        for a commit, which stores the calls after that seq (``(seq, name, args, kwargs)``;
+        a resume replays them in seq order, the order the child ran them) and then calls
+        :meth:`saved`. After :meth:`request_final` it waits for the child's final state.
         """
         self._drain()
         self._collect_final()
-        # in the order the child ran them; what the state already holds is not replayed
-        self._log = sorted((e for e in self._log if e[0] > self._state_seq), key=lambda e: e[0])
-        return self._state, [(name, args, kwargs) for _, name, args, kwargs in self._log]
+        return self._state, self._state_seq, list(self._unsaved)
+
+    def saved(self, count: int) -> None:
+        """The first ``count`` calls :meth:`snapshot` gave are in the database now."""
+        del self._unsaved[:count]
 
     def __getattr__(self, name: str) -> Any:
         """Methods of the searcher (or of a searcher it wraps) run in the child.

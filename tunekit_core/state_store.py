@@ -9,8 +9,11 @@ with Python, and any SQLite tool can read it.
 
 Tables: ``trials(trial_id, seq, data, config)`` with ``data`` the trial's JSON
 record and ``config`` its pickled config (rewritten only when the config object
-changes), and ``kv(key, value)`` for the run loop's counters and the searchers'
-and scheduler's saved state. A periodic online backup (``.db.bak``) is the
+changes), ``kv(key, value)`` for the run loop's counters and the searchers'
+and scheduler's saved state, and ``searcher_log(source, seq, entry)``: for a searcher
+served from its own process, each call it made after its saved state (a pickled
+``(name, args, kwargs)``), written once, as it happens, and deleted when a newer state
+holds it (see ``searcher_process``). A periodic online backup (``.db.bak``) is the
 fallback if the database is ever unreadable.
 """
 
@@ -37,6 +40,9 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS trials ("
     " trial_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, data TEXT NOT NULL, config BLOB)",
     "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB)",
+    "CREATE TABLE IF NOT EXISTS searcher_log ("
+    " source INTEGER NOT NULL, seq INTEGER NOT NULL, entry BLOB NOT NULL,"
+    " PRIMARY KEY (source, seq))",
 )
 
 
@@ -131,8 +137,16 @@ class StateStore:
         self._next_seq = 0
         self._last_backup = time.monotonic()
 
-    def save(self, trials: list[Any], kv: dict[str, Any] | None = None) -> None:
-        """Write ``trials`` (those that changed) and ``kv`` entries in one transaction."""
+    def save(
+        self,
+        trials: list[Any],
+        kv: dict[str, Any] | None = None,
+        log_rows: list[tuple[int, int, bytes]] = (),
+        log_trim: dict[int, int | None] | None = None,
+    ) -> None:
+        """Write ``trials`` (those that changed), ``kv`` entries and searcher-log rows in one
+        transaction. ``log_trim`` (source -> seq, None for all) first deletes the log rows
+        a new saved searcher state holds; ``log_rows`` are ``(source, seq, entry)``."""
         rows_full = []
         rows_data = []
         for trial in trials:
@@ -163,6 +177,13 @@ class StateStore:
                     "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                     list(kv.items()),
                 )
+            for source, upto in (log_trim or {}).items():
+                if upto is None:
+                    conn.execute("DELETE FROM searcher_log WHERE source=?", (source,))
+                else:
+                    conn.execute("DELETE FROM searcher_log WHERE source=? AND seq<=?", (source, upto))
+            if log_rows:
+                conn.executemany("INSERT OR REPLACE INTO searcher_log VALUES (?, ?, ?)", log_rows)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -234,9 +255,17 @@ def _read(path: str) -> dict[str, Any]:
             record["seq"] = seq
             record["config_blob"] = config
             records.append(record)
+        logs: dict[int, list[bytes]] = {}
+        has_log = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='searcher_log'"
+        ).fetchone()
+        if has_log:  # (a database written before the table existed has none)
+            rows = conn.execute("SELECT source, entry FROM searcher_log ORDER BY source, seq")
+            for source, entry in rows:
+                logs.setdefault(source, []).append(entry)
     finally:
         conn.close()
-    return {"path": path, "kv": kv, "trials": records}
+    return {"path": path, "kv": kv, "trials": records, "searcher_logs": logs}
 
 
 def load_database(experiment_dir: str) -> dict[str, Any] | None:
