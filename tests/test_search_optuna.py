@@ -467,6 +467,36 @@ def test_resume_twice_replays_only_the_last_runs_calls(tmp_path):
     assert len(set(xs)) == 12
 
 
+def test_resume_reads_a_replay_log_in_the_older_one_blob_format(tmp_path):
+    """Databases written before the searcher_log table kept the whole log in one kv blob."""
+    import pickle
+    import sqlite3
+
+    from tunekit_core.state_store import find_databases
+
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    env = dict(os.environ, TUNEKIT_STOP_GRACE_S="2")
+    killed = subprocess.run([sys.executable, str(script), str(tmp_path), "7"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert killed.returncode == -9, killed.stderr
+    (path,) = find_databases(str(tmp_path / "exp"))
+    conn = sqlite3.connect(path)
+    with conn:
+        rows = conn.execute("SELECT entry FROM searcher_log WHERE source=0 ORDER BY seq").fetchall()
+        assert rows  # the calls since the saved state
+        calls = [pickle.loads(entry) for (entry,) in rows]
+        conn.execute("INSERT OR REPLACE INTO kv VALUES ('searcher_log/0', ?)", (pickle.dumps(calls),))
+        conn.execute("DROP TABLE searcher_log")
+    conn.close()
+    resumed = subprocess.run([sys.executable, str(script), str(tmp_path), "0"],
+                             capture_output=True, text=True, timeout=120, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "suggested a different config" not in resumed.stderr
+    xs = [t.config["x"] for t in tune.ExperimentAnalysis(str(tmp_path / "exp")).trials]
+    assert len(xs) == 12 and len(set(xs)) == 12
+
+
 # -- ASHA, multi-objective, define-by-run, warm starts ---------------------------------------
 
 
