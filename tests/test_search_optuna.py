@@ -425,16 +425,22 @@ DRIVER = textwrap.dedent(
 )
 
 
-def test_resume_after_the_driver_is_killed(tmp_path):
+def _drive(tmp_path, kill_at):
+    """Run DRIVER in a fresh process: killed (SIGKILL by a trial) once ``kill_at`` trials have
+    started, or to the end with 0. Returns the finished process."""
     script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
+    if not script.exists():
+        script.write_text(DRIVER)
     env = dict(os.environ, TUNEKIT_STOP_GRACE_S="2")
-    killed = subprocess.run([sys.executable, str(script), str(tmp_path), "7"],
-                            capture_output=True, text=True, timeout=120, env=env)
-    assert killed.returncode == -9, killed.stderr
-    resumed = subprocess.run([sys.executable, str(script), str(tmp_path), "0"],
-                             capture_output=True, text=True, timeout=120, env=env)
-    assert resumed.returncode == 0, resumed.stderr
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), str(kill_at)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == (-9 if kill_at else 0), proc.stderr
+    return proc
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    _drive(tmp_path, 7)
+    resumed = _drive(tmp_path, 0)
     line = next(ln for ln in resumed.stdout.splitlines() if ln.startswith("DONE"))
     n_trials, n_study, n_complete = map(int, line.split()[1:])
     assert n_trials == 12
@@ -448,16 +454,9 @@ def test_resume_after_the_driver_is_killed(tmp_path):
 def test_resume_twice_replays_only_the_last_runs_calls(tmp_path):
     """Killed, resumed and killed again: the second resume restores the state the first
     resumed run saved and replays that run's calls only (not the first run's as well)."""
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
-    env = dict(os.environ, TUNEKIT_STOP_GRACE_S="2")
-    for kill_at in (5, 9):
-        killed = subprocess.run([sys.executable, str(script), str(tmp_path), str(kill_at)],
-                                capture_output=True, text=True, timeout=120, env=env)
-        assert killed.returncode == -9, killed.stderr
-    resumed = subprocess.run([sys.executable, str(script), str(tmp_path), "0"],
-                             capture_output=True, text=True, timeout=120, env=env)
-    assert resumed.returncode == 0, resumed.stderr
+    _drive(tmp_path, 5)
+    _drive(tmp_path, 9)
+    resumed = _drive(tmp_path, 0)
     assert "suggested a different config" not in resumed.stderr  # the replay matched
     line = next(ln for ln in resumed.stdout.splitlines() if ln.startswith("DONE"))
     n_trials, n_study, n_complete = map(int, line.split()[1:])
@@ -474,12 +473,7 @@ def test_resume_reads_a_replay_log_in_the_older_one_blob_format(tmp_path):
 
     from tunekit_core.state_store import find_databases
 
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
-    env = dict(os.environ, TUNEKIT_STOP_GRACE_S="2")
-    killed = subprocess.run([sys.executable, str(script), str(tmp_path), "7"],
-                            capture_output=True, text=True, timeout=120, env=env)
-    assert killed.returncode == -9, killed.stderr
+    _drive(tmp_path, 7)
     (path,) = find_databases(str(tmp_path / "exp"))
     conn = sqlite3.connect(path)
     with conn:
@@ -489,9 +483,7 @@ def test_resume_reads_a_replay_log_in_the_older_one_blob_format(tmp_path):
         conn.execute("INSERT OR REPLACE INTO kv VALUES ('searcher_log/0', ?)", (pickle.dumps(calls),))
         conn.execute("DROP TABLE searcher_log")
     conn.close()
-    resumed = subprocess.run([sys.executable, str(script), str(tmp_path), "0"],
-                             capture_output=True, text=True, timeout=120, env=env)
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = _drive(tmp_path, 0)
     assert "suggested a different config" not in resumed.stderr
     xs = [t.config["x"] for t in tune.ExperimentAnalysis(str(tmp_path / "exp")).trials]
     assert len(xs) == 12 and len(set(xs)) == 12
