@@ -824,13 +824,13 @@ class RunLoop:
         written: dict[int, bytes | None] = {}
         log_rows: list[tuple[int, int, bytes]] = []
         log_trim: dict[int, int | None] = {}
-        logged: dict[SearcherProcess, int] = {}
+        logged: dict[SearcherProcess, list] = {}
         if self._searchers_dirty or force or self._searcher_processes:
             for index, source in enumerate(self._sources):
                 if isinstance(source.searcher, SearcherProcess):
                     proxy = source.searcher
                     blob, state_seq, calls = proxy.snapshot()
-                    logged[proxy] = len(calls)
+                    logged[proxy] = calls
                     # Only the calls since the last commit are written. The state (a whole
                     # study, for Optuna) changes only when the log is compacted; when it
                     # does, the rows it holds go (at this run's first commit: every row,
@@ -865,8 +865,8 @@ class RunLoop:
             logger.warning("Could not save the experiment state in %s: %s", store.path, exc)
             return
         self._searcher_state_written.update(written)
-        for proxy, count in logged.items():
-            proxy.saved(count)
+        for proxy, calls in logged.items():
+            proxy.saved(calls)
         self._dirty.clear()
         self._urgent = False
         self._last_commit = now

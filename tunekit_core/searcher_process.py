@@ -225,6 +225,8 @@ class SearcherProcess:
         if seq > self._state_seq:
             self._state, self._state_seq = state, seq
             self._log_seqs = [entry for entry in self._log_seqs if entry > seq]
+            # the state holds these: a commit need not store them (nor memory keep them)
+            self._unsaved = [entry for entry in self._unsaved if entry[0] > seq]
 
     def _drain(self) -> None:
         while not self._final_done:
@@ -358,9 +360,10 @@ class SearcherProcess:
         self._collect_final()
         return self._state, self._state_seq, list(self._unsaved)
 
-    def saved(self, count: int) -> None:
-        """The first ``count`` calls :meth:`snapshot` gave are in the database now."""
-        del self._unsaved[:count]
+    def saved(self, calls: list[tuple[int, str, tuple, dict]]) -> None:
+        """The ``calls`` :meth:`snapshot` gave are in the database now."""
+        done = {id(call) for call in calls}
+        self._unsaved = [call for call in self._unsaved if id(call) not in done]
 
     def __getattr__(self, name: str) -> Any:
         """Methods of the searcher (or of a searcher it wraps) run in the child.
