@@ -62,3 +62,15 @@ class ForkedProcess:
                 os.kill(self.pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+def wait_or_kill(process: subprocess.Popen | ForkedProcess, timeout: float) -> int:
+    """Wait up to ``timeout`` seconds for ``process`` to end, then kill it; its exit code."""
+    try:
+        return process.wait(timeout=max(0.0, timeout))
+    except subprocess.TimeoutExpired:
+        try:
+            process.kill()
+        except OSError:
+            pass
+        return process.wait()

@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection
 
 from .errors import TuneError
 from .executor import Executor, TrialLaunch
-from .forking import ForkedProcess, fork
+from .forking import ForkedProcess, fork, wait_or_kill
 from .resources import CPU, GPU, MEMORY, format_resources
 
 _UNIT = 10_000  # resource amounts are tracked in integer ten-thousandths
@@ -498,11 +498,7 @@ class LocalExecutor(Executor):
 
     def _on_exit(self, worker: _Worker, events: list) -> None:
         self._forget(worker)
-        try:
-            code = worker.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            worker.proc.kill()
-            code = worker.proc.wait()
+        code = wait_or_kill(worker.proc, 5)
         trial = worker.trial
         if trial is not None:
             killed = worker.kill_at is not None
@@ -561,11 +557,7 @@ class LocalExecutor(Executor):
                 self._retire(worker)
         deadline = time.monotonic() + 2.0
         for worker in workers:
-            try:
-                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self._kill(worker)
-                worker.proc.wait()
+            wait_or_kill(worker.proc, deadline - time.monotonic())
             worker.conn.close()
         self._workers.clear()
         self._by_fd.clear()

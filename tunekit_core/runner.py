@@ -846,7 +846,6 @@ class RunLoop:
                     log_rows += [
                         (index, seq, pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL))
                         for seq, *call in calls
-                        if seq > state_seq
                     ]
                 else:
                     blob = _saved_state(source.searcher, self.experiment_dir)

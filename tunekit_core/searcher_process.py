@@ -49,7 +49,6 @@ import pickle
 import select
 import signal
 import socket
-import subprocess
 import sys
 import time
 import traceback
@@ -57,7 +56,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .forking import ForkedProcess, fork
+from .forking import ForkedProcess, fork, wait_or_kill
 
 logger = logging.getLogger("tunekit")
 
@@ -328,7 +327,10 @@ class SearcherProcess:
         self._record(seq, name, args, kwargs)
 
     def _record(self, seq: int, name: str, args: tuple, kwargs: dict) -> None:
-        """A call the searcher made that a resume must replay after the saved state."""
+        """A call the searcher made that a resume must replay after the saved state (a
+        suggestion asked for before the state was taken is in it: nothing to record)."""
+        if seq <= self._state_seq:
+            return
         self._log_seqs.append(seq)
         self._unsaved.append((seq, name, args, kwargs))
         self._maybe_compact()
@@ -351,8 +353,8 @@ class SearcherProcess:
         self.notify("on_trial_complete", trial_id, result=result, error=error)
 
     def snapshot(self) -> tuple[bytes | None, int, list[tuple[int, str, tuple, dict]]]:
-        """(saved state, the seq it was taken at, the calls recorded since :meth:`saved`)
-        for a commit, which stores the calls after that seq (``(seq, name, args, kwargs)``;
+        """(saved state, the seq it was taken at, the calls after it recorded since
+        :meth:`saved`) for a commit, which stores the calls (``(seq, name, args, kwargs)``;
         a resume replays them in seq order, the order the child ran them) and then calls
         :meth:`saved`. After :meth:`request_final` it waits for the child's final state.
         """
@@ -417,7 +419,7 @@ class SearcherProcess:
                 self._conn.close()
             except OSError:
                 pass
-            _reap(self.pid)
+            wait_or_kill(ForkedProcess(self.pid), 2.0)  # it ends after its last answer
 
 
 def _merge_into(local: Any, state: dict) -> None:
@@ -433,16 +435,6 @@ def _merge_into(local: Any, state: dict) -> None:
         if inner_state is None:
             return
         local, state = inner, dict(inner_state)
-
-
-def _reap(pid: int) -> None:
-    """Collect the ended child; kill it if it has not ended within 2 s."""
-    process = ForkedProcess(pid)
-    try:
-        process.wait(timeout=2.0)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _error_from(text: str, blob: bytes | None) -> BaseException:
