@@ -256,6 +256,8 @@ class LocalExecutor(Executor):
         os.set_blocking(self._wake_w, False)
         self._poller = select.poll()
         self._poller.register(self._wake_r, select.POLLIN)
+        for fd in self._watched:  # watched before setup
+            self._poller.register(fd, select.POLLIN)
         self._node_ip = _node_ip(self._hostname)
         env = dict(os.environ)
         # Workers import what the driver can import (the script's directory, tests...).
@@ -527,10 +529,9 @@ class LocalExecutor(Executor):
         """Let :meth:`wait` also return when ``fd`` is readable, after calling
         ``on_readable``, which reads what is there (or calls :meth:`unwatch`): a searcher
         process's socket, so its answers wake the run loop without a wake-up pipe write."""
-        if self._poller is None:
-            raise RuntimeError("LocalExecutor.watch needs setup() first.")
         self._watched[fd] = on_readable
-        self._poller.register(fd, select.POLLIN)
+        if self._poller is not None:  # else setup() registers it
+            self._poller.register(fd, select.POLLIN)
 
     def unwatch(self, fd: int) -> None:
         if self._watched.pop(fd, None) is not None and self._poller is not None:

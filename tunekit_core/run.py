@@ -347,14 +347,16 @@ def run(
     try:
         if server_port is not None:
             server = _start_server(loop, server_port, server_host, server_token, metric, mode, verbose)
-        trial_executor.setup(experiment_dir)
-        _warn_unused_gpus(trial_executor, experiments)
         plugin_manager.hook.tunekit_on_experiment_start(
             experiment=experiments[0],
             experiments=experiments,
             total_num_samples=sum(s.max_trials or 0 for s in sources) or None,
         )
+        # A searcher in a process of its own starts on the first suggestion now, while the
+        # executor starts its workers.
         loop.start_searcher_processes()
+        trial_executor.setup(experiment_dir)
+        _warn_unused_gpus(trial_executor, experiments)
         with _driver_gc():
             loop.run()
             loop.finish()

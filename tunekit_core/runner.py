@@ -910,6 +910,8 @@ class RunLoop:
             if source.searcher_on_result is not None:
                 source.searcher_on_result = proxy.on_trial_result
             self._searcher_processes.append(proxy)
+        if self._searcher_processes:
+            self._ask_early()  # the first suggestion is computed while the run sets up
 
     def _ask_early(self, after_news: bool = False) -> None:
         """A slot is about to free: let a searcher process start on the next suggestion.
