@@ -198,6 +198,22 @@ def test_writer_output_matches_save_and_tracks_changes(tmp_path):
     assert state["runner_data"] == {"step": 2}
 
 
+def test_writer_primes_finished_trials_up_to_its_bound(tmp_path):
+    trials = [FakeTrial(tmp_path, i) for i in range(4)]
+    trials[3].status = "RUNNING"
+    writer = ExperimentStateWriter(tmp_path, "w", max_cached=2)
+    for trial in trials:
+        writer.prime(trial)
+    assert sorted(writer._cache) == ["abcde_00000", "abcde_00001"]  # bounded; not RUNNING
+    trials[0].last_result = {"loss": 5.0}  # a primed entry that went stale is re-encoded
+    written = load_experiment_state(writer.save(trials, {}))
+    reference = load_experiment_state(save_experiment_state(tmp_path, trials, {}, "ref"))
+    written.pop("timestamp"), reference.pop("timestamp")
+    assert written == reference
+    assert written["trials"][0]["last_result"] == {"loss": 5.0}
+    assert len(writer._cache) == 2
+
+
 def test_writer_handles_unencodable_values(tmp_path):
     trial = FakeTrial(tmp_path, 0)
     trial.config = {(1, 2): np.float32(1.5)}

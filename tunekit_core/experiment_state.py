@@ -249,10 +249,17 @@ class ExperimentStateWriter:
     objects (compared by identity: the run loop replaces them, it does not
     mutate them), error fields, paths and tag are unchanged. The file written
     is identical to ``save_experiment_state``'s.
+
+    ``max_cached`` bounds how many trials' encodings are kept (the others are encoded
+    at each save); :meth:`prime` encodes a finished trial ahead of the next save.
     """
 
     def __init__(
-        self, experiment_dir: str | os.PathLike, timestamp_str: str, cache: bool = True
+        self,
+        experiment_dir: str | os.PathLike,
+        timestamp_str: str,
+        cache: bool = True,
+        max_cached: int | None = None,
     ) -> None:
         self.experiment_dir = os.path.abspath(os.fspath(experiment_dir))
         self.timestamp_str = timestamp_str
@@ -260,6 +267,13 @@ class ExperimentStateWriter:
         # trial_id -> (key tuple, encoded entry)
         self._cache: dict[str, tuple[tuple, str]] = {}
         self._use_cache = cache  # False for one-off snapshots: memory stays flat
+        self._max_cached = max_cached
+
+    def prime(self, trial: Any) -> None:
+        """Encode ``trial`` now if it is finished and the cache has room, so that the next
+        :meth:`save` reuses the encoding."""
+        if getattr(trial, "status", None) in _FINAL_STATUSES:
+            self._encode_trial(trial)
 
     @property
     def path(self) -> str:
@@ -286,7 +300,9 @@ class ExperimentStateWriter:
         if cached is not None and _same_key(cached[0], key):
             return cached[1]
         text = _encode_entry(_trial_entry(trial, self.experiment_dir, self._prefix))
-        if self._use_cache:
+        if self._use_cache and (
+            cached is not None or self._max_cached is None or len(self._cache) < self._max_cached
+        ):
             self._cache[trial_id] = (key, text)
         return text
 

@@ -137,6 +137,7 @@ class RunLoop:
         self._searcher_processes: list[SearcherProcess] = []
         self._searcher_state_written: dict[int, bytes | None] = {}  # source index -> blob
         self._prune_after_commit: list[str] = []
+        self._snapshot = None  # the final snapshot's writer (see write_snapshot)
         self._last_commit = 0.0
         self._last_scheduler_save = 0.0
         self.start_time = time.time()
@@ -588,6 +589,9 @@ class RunLoop:
         self._hook.tunekit_on_trial_complete(trial=trial, iteration=self._iteration, trials=self._trials)
         if self._verbose >= 2:
             self._print_done(trial)
+        # its entry of the final snapshot, encoded now (off the searcher's critical path)
+        # rather than all at the end
+        self._snapshot_writer().prime(trial)
 
     def _on_error(self, trial: Trial, text: str, exc: BaseException | None, from_driver: bool = False) -> None:
         if trial.status not in (RUNNING, PENDING, PAUSED):
@@ -877,13 +881,20 @@ class RunLoop:
 
     def write_snapshot(self) -> None:
         """The Ray-style ``experiment_state-<timestamp>.json`` (at the end and on Ctrl+C)."""
-        from .experiment_state import ExperimentStateWriter
-
-        writer = ExperimentStateWriter(self.experiment_dir, self._state_timestamp, cache=False)
         try:
-            writer.save(self._trials, self.runner_data())
+            self._snapshot_writer().save(self._trials, self.runner_data())
         except OSError as exc:
             logger.warning("Could not save the experiment state in %s: %s", self.experiment_dir, exc)
+
+    def _snapshot_writer(self):
+        writer = self._snapshot
+        if writer is None or writer.timestamp_str != self._state_timestamp:
+            from .experiment_state import ExperimentStateWriter
+
+            writer = self._snapshot = ExperimentStateWriter(
+                self.experiment_dir, self._state_timestamp, max_cached=_SNAPSHOT_CACHED_TRIALS
+            )
+        return writer
 
     # -- searchers in processes of their own ---------------------------------------------
     def start_searcher_processes(self) -> None:
@@ -1102,6 +1113,9 @@ class RunLoop:
 _RESULT_COMMIT_PERIOD_S = 1.0
 _MAX_ADDED_TRIALS = 10_000
 _BACKUP_PERIOD_S = 60.0
+# Finished trials whose snapshot entry (about 1-2 KB) the driver keeps encoded until the end
+# of the run; beyond them the final snapshot encodes the rest then (memory stays bounded).
+_SNAPSHOT_CACHED_TRIALS = 2000
 
 
 def _saved_state(obj: Any, experiment_dir: str) -> bytes | None:
