@@ -285,6 +285,29 @@ def test_missing_space_or_metric_is_a_clear_error():
         OptunaSearch(sampler="tpe")
 
 
+def test_study_is_created_once_space_metric_and_mode_are_known(tmp_path):
+    """As in Ray Tune: set_search_properties creates the study (and its sampler), so a
+    searcher process forked after it inherits them; with a storage, the study (and its
+    database connections) is created only where the searcher runs, at its first use."""
+    searcher = OptunaSearch(seed=1)
+    assert searcher.study is None
+    searcher.set_search_properties("loss", "min", {"x": tune.uniform(0, 1)})
+    assert isinstance(searcher.study, optuna.study.Study)
+    assert searcher.study.direction == optuna.study.StudyDirection.MINIMIZE
+
+    own_space = OptunaSearch({"x": tune.uniform(0, 1)}, seed=1)
+    assert own_space.study is None  # no mode yet
+    own_space.set_search_properties("loss", "max", {})
+    assert own_space.study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    stored = OptunaSearch(seed=1, storage=url)
+    stored.set_search_properties("loss", "min", {"x": tune.uniform(0, 1)})
+    assert stored.study is None
+    assert 0 <= stored.suggest("t0")["x"] <= 1
+    assert stored.study is not None
+
+
 # -- seeds, save/restore and resume ---------------------------------------------------------
 
 

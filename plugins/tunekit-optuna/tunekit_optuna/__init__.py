@@ -367,6 +367,7 @@ class OptunaSearch(Searcher):
                     self._metric = metric
                 if self._mode is None and mode is not None:
                     self._mode = mode
+                self._setup_study_early()
             return False
         if metric is not None or mode is not None:
             _check_modes(metric or self._metric, mode or self._mode)
@@ -375,7 +376,21 @@ class OptunaSearch(Searcher):
             self._metric = metric
         if mode:
             self._mode = mode
+        self._setup_study_early()
         return True
+
+    def _setup_study_early(self) -> None:
+        """Create the study once space, metric and mode are known (as Ray Tune's OptunaSearch
+        does), so that a run serving this searcher from a process of its own forks it with
+        the sampler built and its modules imported. Not with a ``storage``: its database
+        connections are opened where the searcher runs, at the first suggestion."""
+        if (
+            self._ot_study is None
+            and self._storage is None
+            and self._kind is not None
+            and self._mode is not None
+        ):
+            self._setup_study()
 
     def suggest(self, trial_id: str) -> dict | None:
         """Ask the study for a trial and return its config."""
