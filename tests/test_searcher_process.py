@@ -126,11 +126,11 @@ def test_snapshot_and_replay_rebuild_the_searchers_state(tmp_path):
 
 def test_answers_wake_the_executor_and_notifications_go_in_one_write(tmp_path):
     """The executor watches the child's socket: an answer ends its wait and is taken in
-    there; notifications wait for the next request (or flush) and go with it."""
+    there; notifications wait for the next request (or flush) and go with it. As in a
+    run, the child is started and asked before the executor is set up (watched then)."""
     from tunekit_core.local_executor import LocalExecutor
 
     executor = LocalExecutor()
-    executor.setup(str(tmp_path))
     searcher = Recording(delay=0.05)
     proxy = SearcherProcess(searcher, lambda s: _saved_state(s, str(tmp_path)),
                             executor.watch, executor.unwatch)
@@ -142,6 +142,7 @@ def test_answers_wake_the_executor_and_notifications_go_in_one_write(tmp_path):
                 executor.wait(5.0)
 
         proxy.ask_early("a")
+        executor.setup(str(tmp_path))
         started = time.monotonic()
         wait_for("a")  # woken by the answer, long before the timeout
         assert time.monotonic() - started < 4.0
