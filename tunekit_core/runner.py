@@ -422,7 +422,6 @@ class RunLoop:
         if source.experiment.log_to_file:
             out, err = source.experiment.log_to_file
             log_to_file = (os.path.join(trial.local_path, out), os.path.join(trial.local_path, err))
-        self._hook.tunekit_on_trial_start(trial=trial, iteration=self._iteration, trials=self._trials)
         self.trial_executor.start_trial(
             trial,
             TrialLaunch(
@@ -441,6 +440,9 @@ class RunLoop:
             ),
         )
         trial._location = self.trial_executor.trial_location(trial)
+        # After the launch, as in Ray Tune: the loggers create the trial's files while its
+        # process starts (no result is handled before this returns).
+        self._hook.tunekit_on_trial_start(trial=trial, iteration=self._iteration, trials=self._trials)
         if restore is not None:
             # It continues from a checkpoint (retry, resume, unpause, exploit, restore=):
             # Ray's on_trial_restore. Its process loads the checkpoint before the first step.
