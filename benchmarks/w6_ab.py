@@ -1,0 +1,106 @@
+"""W6 A/B: two checkouts of tunekit against raw Optuna (or Hyperopt), interleaved.
+
+This machine's speed drifts by +-30% within seconds, so a change worth a few percent of W6
+cannot be seen by running ``w6_searchers.py`` once before and once after it. This script runs,
+``--pairs`` times (seeds 0-4 in turn), in fresh processes: the raw library, then the run of
+each checkout (their order alternating), and reports
+
+- per checkout, the median of raw/checkout rate ratios of runs made seconds apart;
+- for two checkouts, the median of their paired wall-time differences and how often the
+  second was faster (a sign test's count).
+
+A checkout is a directory holding tunekit's sources (``tunekit_core``, ``tunekit``,
+``plugins/*``), e.g. a ``git worktree`` of an older commit; ``.`` is this repository. It
+runs with this interpreter (its installed libraries) and the checkout's sources put first on
+``PYTHONPATH``. Experiment directories go to ``--storage`` (default: the home directory,
+as for ``w6_searchers.py``) and are removed.
+
+Usage (from the repository root)::
+
+    git worktree add /tmp/before <commit>
+    .venv/bin/python benchmarks/w6_ab.py --pairs 30 /tmp/before .
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def _env(checkout: str, storage: str) -> dict:
+    env = dict(os.environ, W6_STORAGE=storage, PYTHONUNBUFFERED="1")
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # compiled modules cached, as when installed
+    root = Path(checkout).resolve()
+    if root != REPO:
+        paths = [str(root), *sorted(glob.glob(str(root / "plugins" / "*")))]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def _one(framework: str, checkout: str, library: str, seed: int, storage: str) -> float:
+    run = (f"w.run_raw_{library}({seed}, 200)" if framework == "raw"
+           else f"w.run_tunekit({library!r}, {seed}, 200, None)")
+    code = (f"import json, sys; sys.path.insert(0, {str(HERE)!r}); import w6_searchers as w; "
+            f"print('AB', json.dumps({run}['wall_s']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=_env(checkout, storage), cwd=tempfile.gettempdir(), timeout=600)
+    for line in proc.stdout.splitlines():
+        if line.startswith("AB "):
+            return float(line[3:])
+    raise RuntimeError(f"{framework} run of {checkout} failed:\n{proc.stderr[-3000:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkouts", nargs="+", help="directories of tunekit checkouts ('.' = this one)")
+    parser.add_argument("--pairs", type=int, default=20)
+    parser.add_argument("--library", choices=("optuna", "hyperopt"), default="optuna")
+    parser.add_argument("--storage", default=os.path.expanduser("~"))
+    args = parser.parse_args()
+    scratch = tempfile.mkdtemp(prefix="tunekit-w6ab-", dir=args.storage)
+    walls: dict[str, list[float]] = {c: [] for c in args.checkouts}
+    raws: list[float] = []
+    try:
+        for i in range(args.pairs):
+            seed = i % 5
+            raws.append(_one("raw", ".", args.library, seed, scratch))
+            order = args.checkouts if i % 2 == 0 else args.checkouts[::-1]
+            for checkout in order:
+                walls[checkout].append(_one("tunekit", checkout, args.library, seed, scratch))
+            print(f"pair {i + 1}/{args.pairs}: raw {raws[-1] * 1000:.0f} ms, "
+                  + ", ".join(f"{c} {walls[c][-1] * 1000:.0f} ms" for c in args.checkouts),
+                  flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    summary: dict = {"pairs": args.pairs, "library": args.library, "checkouts": {}}
+    for checkout in args.checkouts:
+        ratios = [r / t for r, t in zip(raws, walls[checkout])]
+        q1, _, q3 = statistics.quantiles(ratios, n=4)
+        median = statistics.median(ratios)
+        summary["checkouts"][checkout] = {"ratio_median": median, "ratio_quartiles": [q1, q3]}
+        print(f"{checkout}: tunekit/raw trials/s, median of {len(ratios)} pairs {median:.3f} "
+              f"(quartiles {q1:.3f}-{q3:.3f}); wall median {statistics.median(walls[checkout]) * 1000:.0f} "
+              f"ms, raw {statistics.median(raws) * 1000:.0f} ms")
+    if len(args.checkouts) == 2:
+        a, b = args.checkouts
+        diffs = [(y - x) * 1000 for x, y in zip(walls[a], walls[b])]
+        faster = sum(d < 0 for d in diffs)
+        summary["paired_ms_median"] = statistics.median(diffs)
+        print(f"{b} - {a}: paired wall difference, median {statistics.median(diffs):+.0f} ms; "
+              f"{b} faster in {faster} of {len(diffs)} pairs")
+    print("AB_SUMMARY " + json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
