@@ -90,6 +90,30 @@ def test_an_exception_in_the_searcher_process_reaches_the_caller(tmp_path):
         _run(tmp_path, Recording(fail_at=2), max_concurrent_trials=1)
 
 
+def test_a_failure_while_the_run_starts_ends_the_searchers_process(tmp_path, monkeypatch):
+    """The searcher's process is forked (and asked) before the executor starts its workers;
+    if that fails, the run's clean-up still ends and reaps the process."""
+    from tunekit_core.local_executor import LocalExecutor
+
+    started = []
+    original = SearcherProcess.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        started.append(self.pid)
+
+    def broken_setup(self, experiment_dir):
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(SearcherProcess, "__init__", init)
+    monkeypatch.setattr(LocalExecutor, "setup", broken_setup)
+    with pytest.raises(OSError, match="no more processes"):
+        _run(tmp_path, Recording())
+    (pid,) = started
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # ended and reaped
+
+
 def test_snapshot_and_replay_rebuild_the_searchers_state(tmp_path):
     """What a commit stores (state + log) restores to the state the child holds."""
     searcher = Recording()
