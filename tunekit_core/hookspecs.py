@@ -68,7 +68,8 @@ def tunekit_on_step_end(iteration: int, trials: list) -> None:
 def tunekit_on_trial_start(trial: Any, iteration: int, trials: list) -> None:
     """``trial`` started, or restarted after a pause, a failure (retry) or a resume.
 
-    The trial directory (``trial.local_path``) exists when this is called.
+    Called once the executor has launched the trial (as Ray Tune calls it), before any of
+    its results is handled. The trial directory (``trial.local_path``) exists.
     """
 
 
