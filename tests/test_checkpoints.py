@@ -116,6 +116,28 @@ def test_checkpoint_dir_context_manager_style(tmp_path):
     assert [r["step"] for r in rows(trial)] == [1, 2, 3, 4]
 
 
+def fails_with_an_unreported_checkpoint_dir(config, checkpoint_dir=None):
+    start = int(open(os.path.join(checkpoint_dir, "step")).read()) if checkpoint_dir else 0
+    marker = os.path.join(config["dir"], "failed")
+    for step in range(start + 1, 4):
+        with tune.checkpoint_dir(step=step) as d:
+            open(os.path.join(d, "step"), "w").write(str(step))
+        if step == 2 and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("planned, with step 2's checkpoint_dir() not reported")
+        tune.report(step=step, start=start)
+
+
+def test_a_retry_removes_what_the_failed_attempt_left_half_written(tmp_path):
+    analysis = run(fails_with_an_unreported_checkpoint_dir, tmp_path, config={"dir": str(tmp_path)},
+                   max_failures=1)
+    trial = analysis.trials[0]
+    assert trial.status == "TERMINATED" and trial.num_failures == 1
+    assert trial.last_result["start"] == 1  # retried from step 1's checkpoint
+    leftovers = [n for n in os.listdir(trial.local_path) if n.startswith(".tmp_checkpoint_")]
+    assert leftovers == []
+
+
 def dict_checkpoints(config):
     for i in range(1, 4):
         tune.report(loss=10 - i, checkpoint=tune.Checkpoint.from_dict({"i": i}))

@@ -411,9 +411,11 @@ class RunLoop:
             # again, so the files keep only what precedes it (each iteration once).
             self._hook.tunekit_flush()
             truncate_results(trial.local_path, restore["iteration"] if restore else 0)
-            if trial._resumed:
+            if trial._resumed or trial._leftovers:
+                # half-written by a killed driver's or a failed attempt's process: a
+                # checkpoint being copied, a checkpoint_dir() never reported
                 remove_partial_checkpoints(trial.local_path)
-            trial._resumed = False
+            trial._resumed = trial._leftovers = False
         trial.set_status(RUNNING)
         trial.start_time = time.time()
         self._running[trial] = None
@@ -609,6 +611,11 @@ class RunLoop:
         trial.error_file = os.path.join(trial.local_path, "error.txt")
         with open(trial.error_file, "a") as f:
             f.write(f"Failure # {trial.num_failures} (occurred at {date_str()})\n{text}\n")
+        if not from_driver:
+            # The trial's process raised (and exits) or died: a retry removes what it left
+            # half-written. (After an error found by the driver the process may still be
+            # stopping, writing: that is left alone.)
+            trial._leftovers = True
         lines = [line for line in text.strip().splitlines() if line.strip()]
         trial.error_msg = lines[-1] if lines else text
         trial.set_status(ERROR)

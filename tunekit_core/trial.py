@@ -88,6 +88,7 @@ class Trial:
         self.checkpoint_manager = TrialCheckpoints()
         self.restore_path: str | None = None  # `restore=`: the checkpoint to start from
         self._resumed = False  # loaded from an experiment state: its files may run ahead
+        self._leftovers = False  # its last attempt's process failed: it may have left tmp dirs
         self._state_sink = None  # the run loop's change tracker
         self._restore_override: str | None = None  # set by restore_from()
         # Set by the run loop. Declared here so every Trial shares one attribute layout
