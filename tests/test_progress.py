@@ -377,3 +377,41 @@ def test_trial_result_printer_rate_limits_per_trial():
     assert out[-1].startswith("Result for train_abc_00000:\n  loss: 1.0")
     quiet = TrialResultPrinter(verbose=1, writer=out.append, clock=clock)
     assert quiet.on_result(a, {"loss": 1.0}) is False and quiet.on_error(a) is False
+
+
+def test_the_total_counts_trials_added_while_the_run_goes(tmp_path):
+    """Trials added through the control API (RunLoop.add_trials) raise the "N/total" the
+    reporter shows."""
+    import tunekit as tune
+    from tunekit.schedulers import FIFOScheduler
+
+    class AddsTwoOnce(FIFOScheduler):
+        added = False
+
+        def on_trial_result(self, runner, trial, result):
+            if not self.added:
+                self.added = True
+                runner.add_trials({"x": tune.grid_search([10, 20])})
+            return self.CONTINUE
+
+    class Recording(ProgressReporter):
+        def __init__(self):
+            self.totals = []
+
+        def set_total_samples(self, total_samples):
+            self.totals.append(total_samples)
+
+        def should_report(self, trials, done=False):
+            return False
+
+        def report(self, trials, done, *sys_info):
+            pass
+
+    def train(config):
+        tune.report({"x": config["x"]})
+
+    reporter = Recording()
+    analysis = tune.run(train, config={"x": tune.grid_search([1, 2, 3])}, scheduler=AddsTwoOnce(),
+                        progress_reporter=reporter, verbose=1, local_dir=str(tmp_path))
+    assert len(analysis.trials) == 5
+    assert reporter.totals == [3, 5]

@@ -294,8 +294,6 @@ def run(
                 "You passed `metric`/`mode` to tunekit.run(), but the progress reporter already "
                 "has its own. Remove them from the reporter or from the run() call."
             )
-        total_samples = sum(s.max_trials or 0 for s in sources) or None
-        reporter.set_total_samples(total_samples)
 
     loop = RunLoop(
         sources=sources,
@@ -311,8 +309,10 @@ def run(
         reuse_actors=reuse_actors,
         experiment_dir=experiment_dir,
     )
-    if reporter is not None and hasattr(reporter, "set_start_time"):
-        reporter.set_start_time(loop.start_time)
+    if reporter is not None:
+        reporter.set_total_samples(loop.total_samples)
+        if hasattr(reporter, "set_start_time"):
+            reporter.set_start_time(loop.start_time)
 
     from .state_store import StateStore
 

@@ -102,6 +102,8 @@ class RunLoop:
         self._fail_fast = fail_fast
         self._metric = metric
         self._reporter = reporter
+        # the trials the run will create, as the progress reporter is told (None: unknown)
+        self.total_samples = sum(s.max_trials or 0 for s in sources) or None
         self._verbose = verbose
         self._reuse_actors = reuse_actors
         self.experiment_dir = experiment_dir
@@ -218,6 +220,9 @@ class RunLoop:
             number = self._free_trial_number()
             self._use_trial_number(number)
             trials.append(self._add_trial(source, self._trial_id(number), variant, resolved))
+        if self.total_samples is not None and self._reporter is not None:
+            self.total_samples += len(trials)  # the progress table's "N/total" counts them
+            self._reporter.set_total_samples(self.total_samples)
         return trials
 
     def _added_source_for(self, index: int) -> TrialSource:
