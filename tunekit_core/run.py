@@ -350,7 +350,7 @@ def run(
         plugin_manager.hook.tunekit_on_experiment_start(
             experiment=experiments[0],
             experiments=experiments,
-            total_num_samples=sum(s.max_trials or 0 for s in sources) or None,
+            total_num_samples=loop.total_samples,
         )
         # A searcher in a process of its own starts on the first suggestion now, while the
         # executor starts its workers.
