@@ -772,3 +772,18 @@ def test_gc_tuning_is_undone_after_the_run(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEKIT_DISABLE_GC_TUNING", "1")
     run(quadratic, tmp_path, config={"x": 1}, callbacks=[Watch()], name="untuned")
     assert seen and all(t == before[0][0] for t, _ in seen)
+
+
+def _one_result(config):
+    tune.report(loss=config["x"])
+
+
+def test_trial_attributes_stay_key_shared(tmp_path):
+    """Every trial of a run keeps a key-sharing instance dict (W5's memory per trial).
+    CPython shares the keys of at most 30 attributes; one more declared in Trial.__init__,
+    or one the run loop sets that __init__ does not declare, gives that trial a full table
+    of its own: twice the memory per trial."""
+    analysis = run(_one_result, tmp_path, config={"x": tune.uniform(0, 1)}, num_samples=3)
+    full_table = sys.getsizeof({f"attribute_{i}": i for i in range(30)})
+    for trial in analysis.trials:
+        assert sys.getsizeof(trial.__dict__) < full_table / 2, sorted(trial.__dict__)

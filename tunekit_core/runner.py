@@ -140,6 +140,8 @@ class RunLoop:
         self._searcher_state_written: dict[int, bytes | None] = {}  # source index -> blob
         self._prune_after_commit: list[str] = []
         self._snapshot = None  # the final snapshot's writer (see write_snapshot)
+        # trials whose failed attempt's process may have left half-written checkpoints
+        self._leftovers: set[Trial] = set()
         self._last_commit = 0.0
         self._last_scheduler_save = 0.0
         self.start_time = time.time()
@@ -416,11 +418,12 @@ class RunLoop:
             # again, so the files keep only what precedes it (each iteration once).
             self._hook.tunekit_flush()
             truncate_results(trial.local_path, restore["iteration"] if restore else 0)
-            if trial._resumed or trial._leftovers:
+            if trial._resumed or trial in self._leftovers:
                 # half-written by a killed driver's or a failed attempt's process: a
                 # checkpoint being copied, a checkpoint_dir() never reported
                 remove_partial_checkpoints(trial.local_path)
-            trial._resumed = trial._leftovers = False
+                self._leftovers.discard(trial)
+            trial._resumed = False
         trial.set_status(RUNNING)
         trial.start_time = time.time()
         self._running[trial] = None
@@ -620,7 +623,7 @@ class RunLoop:
             # The trial's process raised (and exits) or died: a retry removes what it left
             # half-written. (After an error found by the driver the process may still be
             # stopping, writing: that is left alone.)
-            trial._leftovers = True
+            self._leftovers.add(trial)
         lines = [line for line in text.strip().splitlines() if line.strip()]
         trial.error_msg = lines[-1] if lines else text
         trial.set_status(ERROR)
