@@ -272,7 +272,9 @@ class ExperimentStateWriter:
     def prime(self, trial: Any) -> None:
         """Encode ``trial`` now if it is finished and the cache has room, so that the next
         :meth:`save` reuses the encoding."""
-        if getattr(trial, "status", None) in _FINAL_STATUSES:
+        if getattr(trial, "status", None) in _FINAL_STATUSES and (
+            self._max_cached is None or len(self._cache) < self._max_cached
+        ):
             self._encode_trial(trial)
 
     @property
