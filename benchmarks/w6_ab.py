@@ -10,10 +10,11 @@ each checkout (their order alternating), and reports
   second was faster (a sign test's count).
 
 A checkout is a directory holding tunekit's sources (``tunekit_core``, ``tunekit``,
-``plugins/*``), e.g. a ``git worktree`` of an older commit; ``.`` is this repository. It
-runs with this interpreter (its installed libraries) and the checkout's sources put first on
-``PYTHONPATH``. Experiment directories go to ``--storage`` (default: the home directory,
-as for ``w6_searchers.py``) and are removed.
+``plugins/*``), e.g. a ``git worktree`` of an older commit; ``.`` is this repository. Each
+run is ``w6_searchers.py``'s (``measure``: a fresh process of this interpreter, with its
+installed libraries), the checkout's sources put first on ``PYTHONPATH``. Experiment
+directories go to ``--storage`` (default: the home directory, as for ``w6_searchers.py``) and
+are removed.
 
 Usage (from the repository root)::
 
@@ -29,36 +30,29 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+import w6_searchers as w6  # noqa: E402 - the runs themselves, as in W6
 
 
-def _env(checkout: str, storage: str) -> dict:
-    env = dict(os.environ, W6_STORAGE=storage, PYTHONUNBUFFERED="1")
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # compiled modules cached, as when installed
+def _pythonpath(checkout: str) -> dict:
+    """The environment that makes a run import ``checkout``'s tunekit (none for this one)."""
     root = Path(checkout).resolve()
-    if root != REPO:
-        paths = [str(root), *sorted(glob.glob(str(root / "plugins" / "*")))]
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
+    if root == REPO:
+        return {}
+    paths = [str(root), *sorted(glob.glob(str(root / "plugins" / "*")))]
+    return {"PYTHONPATH": os.pathsep.join(paths)}
 
 
 def _one(framework: str, checkout: str, library: str, seed: int, storage: str) -> float:
-    run = (f"w.run_raw_{library}({seed}, 200)" if framework == "raw"
-           else f"w.run_tunekit({library!r}, {seed}, 200, None)")
-    code = (f"import json, sys; sys.path.insert(0, {str(HERE)!r}); import w6_searchers as w; "
-            f"print('AB', json.dumps({run}['wall_s']))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=_env(checkout, storage), cwd=tempfile.gettempdir(), timeout=600)
-    for line in proc.stdout.splitlines():
-        if line.startswith("AB "):
-            return float(line[3:])
-    raise RuntimeError(f"{framework} run of {checkout} failed:\n{proc.stderr[-3000:]}")
+    result = w6.measure(library, framework, seed, 200, ray_python="", storage=storage,
+                        extra_env=_pythonpath(checkout))
+    return result["wall_s"]
 
 
 def main() -> None:

@@ -305,7 +305,10 @@ def _alive(pid: int) -> bool:
 
 
 def measure(library: str, framework: str, seed: int, trials: int, ray_python: str,
-            profile_out: str | None = None, storage: str | None = None) -> dict:
+            profile_out: str | None = None, storage: str | None = None,
+            extra_env: dict | None = None) -> dict:
+    """One run in a fresh process; ``extra_env`` is added to its environment (w6_ab.py puts
+    an older checkout first on ``PYTHONPATH``)."""
     tag = uuid.uuid4().hex[:10]
     is_ray = framework.startswith("ray")
     ray_tmp = f"/tmp/rbt_{tag}" if is_ray else None
@@ -320,6 +323,7 @@ def measure(library: str, framework: str, seed: int, trials: int, ray_python: st
                RAY_USAGE_STATS_ENABLED="0")
     if storage:
         env["W6_STORAGE"] = storage
+    env.update(extra_env or {})
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # compiled modules cached, as when installed
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT_S,
                           start_new_session=True)
