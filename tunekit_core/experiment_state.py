@@ -272,10 +272,11 @@ class ExperimentStateWriter:
     def prime(self, trial: Any) -> None:
         """Encode ``trial`` now if it is finished and the cache has room, so that the next
         :meth:`save` reuses the encoding."""
-        if getattr(trial, "status", None) in _FINAL_STATUSES and (
-            self._max_cached is None or len(self._cache) < self._max_cached
-        ):
+        if getattr(trial, "status", None) in _FINAL_STATUSES and self._has_room():
             self._encode_trial(trial)
+
+    def _has_room(self) -> bool:
+        return self._max_cached is None or len(self._cache) < self._max_cached
 
     @property
     def path(self) -> str:
@@ -302,9 +303,7 @@ class ExperimentStateWriter:
         if cached is not None and _same_key(cached[0], key):
             return cached[1]
         text = _encode_entry(_trial_entry(trial, self.experiment_dir, self._prefix))
-        if self._use_cache and (
-            cached is not None or self._max_cached is None or len(self._cache) < self._max_cached
-        ):
+        if self._use_cache and (cached is not None or self._has_room()):
             self._cache[trial_id] = (key, text)
         return text
 
