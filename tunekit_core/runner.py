@@ -140,7 +140,7 @@ class RunLoop:
         self._searcher_state_written: dict[int, bytes | None] = {}  # source index -> blob
         self._prune_after_commit: list[str] = []
         self._snapshot = None  # the final snapshot's writer (see write_snapshot)
-        # trials whose failed attempt's process may have left half-written checkpoints
+        # trials to retry whose failed attempt's process may have left half-written checkpoints
         self._leftovers: set[Trial] = set()
         self._last_commit = 0.0
         self._last_scheduler_save = 0.0
@@ -619,11 +619,6 @@ class RunLoop:
         trial.error_file = os.path.join(trial.local_path, "error.txt")
         with open(trial.error_file, "a") as f:
             f.write(f"Failure # {trial.num_failures} (occurred at {date_str()})\n{text}\n")
-        if not from_driver:
-            # The trial's process raised (and exits) or died: a retry removes what it left
-            # half-written. (After an error found by the driver the process may still be
-            # stopping, writing: that is left alone.)
-            self._leftovers.add(trial)
         lines = [line for line in text.strip().splitlines() if line.strip()]
         trial.error_msg = lines[-1] if lines else text
         trial.set_status(ERROR)
@@ -635,6 +630,11 @@ class RunLoop:
         retries = trial.max_failures
         if (retries == -1 or trial.num_failures <= retries) and not self._fail_fast and not self._stop_requested:
             # Retry: back to the queue, to continue from the latest checkpoint (or from scratch).
+            if not from_driver:
+                # Its process raised (and exits) or died: the retry removes what it left
+                # half-written. (After an error found by the driver the process may still be
+                # stopping, writing: that is left alone.)
+                self._leftovers.add(trial)
             trial.set_status(PENDING)
             self._pending[trial] = None
             return
