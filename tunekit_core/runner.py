@@ -737,6 +737,11 @@ class RunLoop:
             self._hook.tunekit_on_step_end(iteration=self._iteration, trials=self._trials)
             self._maybe_report()
             self._maybe_save_state()
+        if not executor.num_busy():
+            # Nothing can reach the searchers any more: their processes pickle their final
+            # state while the workers are told to exit and the snapshot is written.
+            for proxy in self._searcher_processes:
+                proxy.request_final()
         self._drain()
         executor.retire_idle()  # workers exit while the final state is saved
 
