@@ -19,7 +19,10 @@ found. ``raw``, ``tunekit`` and ``tunekit-driver`` run first, each seed's runs o
 other, ``--repeats`` (3) times over; a seed's rate is the median of its repeats. Ray's runs
 come after them (once per seed), because a Ray run's processes take seconds to exit.
 Experiment directories go under ``--storage`` (default: the home directory), kept until the
-end of the invocation. Targets: tunekit >= 0.8x
+end of the invocation. On ext4 without a journal (this VM's disk), start an invocation ~6
+minutes after the last mass deletion in that directory (including the previous invocation's
+own clean-up): creating files next to thousands freed in the last minutes costs up to ~1 ms of
+kernel CPU each, which the driver pays per trial and raw Optuna does not. Targets: tunekit >= 0.8x
 the raw library's trials/s and >= 3x Ray's best configuration; tunekit's best objective
 indistinguishable from the raw library's.
 
