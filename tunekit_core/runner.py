@@ -737,12 +737,11 @@ class RunLoop:
             self._hook.tunekit_on_step_end(iteration=self._iteration, trials=self._trials)
             self._maybe_report()
             self._maybe_save_state()
-        if not executor.num_busy():
-            # Nothing can reach the searchers any more: their processes pickle their final
-            # state while the workers are told to exit and the snapshot is written.
-            for proxy in self._searcher_processes:
-                proxy.request_final()
         self._drain()
+        # Nothing reaches the searchers any more: their processes pickle their final state
+        # while the workers exit and the snapshot is written.
+        for proxy in self._searcher_processes:
+            proxy.request_final()
         executor.retire_idle()  # workers exit while the final state is saved
 
     def _drain(self) -> None:
@@ -766,8 +765,6 @@ class RunLoop:
 
     def finish(self) -> None:
         """Save the final state, then tell the hooks (loggers close, syncers upload it all)."""
-        for proxy in self._searcher_processes:
-            proxy.request_final()  # they pickle their state while the snapshot is written
         self.write_snapshot()
         self._maybe_save_state(force=True)
         self.close_searcher_processes()
